@@ -1,0 +1,1 @@
+"""Datasets (official LoveDA / LandCover.ai layouts, user folders), transforms, download."""
