@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import pkgutil
 import sys
 from collections.abc import Sequence
 
 from satunet import __version__
-from satunet.cli import models as models_cmd
 from satunet.errors import SatunetError
 
-# Each command module has add_parser(subparsers) and run(args) -> int. Heavy imports happen
-# inside run(), so `satunet --help` stays fast.
-COMMANDS = [models_cmd]
+# Every public module of this package is one subcommand with add_parser(subparsers) and
+# run(args) -> int. Heavy imports happen inside run(), so `satunet --help` stays fast.
+ORDER = ("models", "data", "train", "evaluate", "reproduce", "benchmark", "search", "predict")
+
+
+def _command_modules() -> list:
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    names.sort(key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    return [importlib.import_module(f"{__name__}.{name}") for name in names]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
+    for command in _command_modules():
         command.add_parser(sub)
     return parser
 
