@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from satunet.evaluate import Scores
+from satunet.models import Level, UNet
+from satunet.report import (
+    atomic_write_text,
+    colorize,
+    markdown_table,
+    plot_curves,
+    plot_predictions,
+    scores_markdown,
+    write_scores,
+)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def scores() -> Scores:
+    return Scores(
+        classes=["road", "water", "forest"],
+        miou=0.5,
+        iou=[0.25, 0.75, math.nan],
+        f1=[0.4, 0.857, math.nan],
+        micro_iou=0.6,
+        pixel_accuracy=0.8,
+        study_miou=0.3,
+        study_iou=[0.2, 0.7, 0.0],
+        loss=0.41,
+        num_samples=12,
+        ignore_index=255,
+    )
+
+
+def test_markdown_table_aligns_columns():
+    table = markdown_table(["model", "mIoU"], [["skinny", "0.26"], ["base", "0.22"]])
+    assert table.splitlines() == [
+        "| model | mIoU |",
+        "| :--- | ---: |",
+        "| skinny | 0.26 |",
+        "| base | 0.22 |",
+    ]
+
+
+def test_scores_markdown_puts_both_metrics_side_by_side():
+    text = scores_markdown(scores(), "skinny · loveda · val")
+    assert text.startswith("## skinny · loveda · val")
+    assert "| road | 0.2500 | 0.4000 | 0.2000 |" in text
+    assert "| forest | – | – | 0.0000 |" in text  # undefined, not zero
+    assert "| **mean** | **0.5000** |" in text
+    assert "micro IoU 0.6000" in text and "12 samples" in text and "255 ignored" in text
+    assert "not comparable" in text
+
+
+def test_write_scores_is_strict_json_with_meta(tmp_path: Path):
+    json_path, md_path = write_scores(scores(), tmp_path, meta={"model": "m", "split": "val"})
+    data = json.loads(json_path.read_text())  # strict JSON: nan became null
+    assert data["iou"][2] is None and data["extra"] == {"model": "m", "split": "val"}
+    assert md_path.read_text().startswith("## m · val")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert json_path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_atomic_write_text_replaces_whole_file(tmp_path: Path):
+    path = tmp_path / "a.txt"
+    atomic_write_text(path, "old")
+    atomic_write_text(path, "new text")
+    assert path.read_text() == "new text" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_plot_curves_handles_missing_values(tmp_path: Path):
+    history = [
+        {"epoch": 1, "train_loss": 0.9, "val_loss": 0.8, "val_miou": None, "lr": 1e-3},
+        {"epoch": 2, "train_loss": 0.7, "val_loss": 0.75, "val_miou": 0.3, "lr": 5e-4},
+    ]
+    plot_curves(history, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes().startswith(PNG)
+
+
+def test_colorize_uses_palette_and_blacks_out_ignored():
+    labels = torch.tensor([[0, 1], [2, 255]])
+    rgb = colorize(labels, [(255, 0, 0), (0, 255, 0), (0, 0, 255)], ignore_index=255)
+    assert rgb.shape == (2, 2, 3)
+    assert rgb[0, 0].tolist() == [255, 0, 0] and rgb[1, 0].tolist() == [0, 0, 255]
+    assert rgb[1, 1].tolist() == [0, 0, 0]
+
+
+def test_plot_predictions_draws_image_prediction_truth(tmp_path: Path):
+    torch.manual_seed(0)
+    model = UNet((Level(4, 1), Level(8, 1)), num_classes=3)
+    data = [
+        {"image": torch.rand(3, 16, 16), "mask": torch.randint(0, 3, (16, 16))} for _ in range(2)
+    ]
+    plot_predictions(
+        model,
+        data,
+        tmp_path / "predictions.png",
+        classes=["a", "b", "c"],
+        palette=[(255, 0, 0), (0, 255, 0), (0, 0, 255)],
+        normalization={"mean": [0.5] * 3, "std": [0.2] * 3},
+        ignore_index=255,
+    )
+    assert (tmp_path / "predictions.png").read_bytes().startswith(PNG)
+    assert model.training  # restored after drawing

@@ -1,0 +1,433 @@
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fakes import make_loveda
+from satunet.checkpoint import load_checkpoint, read_checkpoint
+from satunet.cli import main
+from satunet.config import TrainConfig, load_config
+from satunet.errors import CheckpointError, ConfigError, DeviceError, TrainingError
+from satunet.losses import create_loss
+from satunet.models import Level, UNet
+from satunet.train import (
+    ModelInfo,
+    _train_epoch,
+    check_resume,
+    fit,
+    make_loaders,
+    resolve_device,
+    split_by_group,
+)
+
+PRESETS = """
+[presets.tiny]
+levels = [[4, 1], [8, 1]]
+
+[presets.small]
+levels = [[8, 1], [16, 1]]
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors on a shared machine: one thread is ~10-80x faster than two contending."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def presets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A presets file, so every process (subprocess, torchrun) can build the tiny models."""
+    path = tmp_path_factory.mktemp("presets") / "tiny.toml"
+    path.write_text(PRESETS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def loveda_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 Train/Rural images of 64x64, cut into 32x32 tiles: 16 samples from 4 source images."""
+    root = tmp_path_factory.mktemp("loveda")
+    return make_loveda(root, splits=("train",), scenes=("rural",), n=4, size=64)
+
+
+def train_args(root: Path, presets: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--model",
+        f"{presets}:tiny",
+        "--data",
+        "loveda",
+        "--root",
+        str(root),
+        "--scene",
+        "rural",
+        "--batch-size",
+        "4",
+        "--crop",
+        "16",
+        "--val-fraction",
+        "0.25",
+        "--device",
+        "cpu",
+        "--set",
+        "data.options.tile_size=32",
+        *extra,
+    ]
+
+
+class Patterns(Dataset):
+    """Learnable pairs: the class of a pixel is which colour channel is brightest.
+
+    ``flip`` adds a random horizontal flip drawn from torch's RNG, like an augmentation.
+    """
+
+    def __init__(self, n: int = 2, size: int = 16, num_classes: int = 3, flip: bool = False):
+        g = torch.Generator().manual_seed(0)
+        self.masks = torch.randint(0, num_classes, (n, size, size), generator=g)
+        noise = 0.1 * torch.rand(n, num_classes, size, size, generator=g)
+        self.images = nn.functional.one_hot(self.masks, num_classes).permute(0, 3, 1, 2) + noise
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image, mask = self.images[i].float(), self.masks[i]
+        if self.flip and torch.rand(()) < 0.5:
+            image, mask = image.flip(-1), mask.flip(-1)
+        return {"image": image, "mask": mask}
+
+
+def info(num_classes: int = 3, name: str = "unet_tiny", **config) -> ModelInfo:
+    return ModelInfo(
+        model_name=name,
+        model_options={},
+        in_channels=num_classes,
+        num_classes=num_classes,
+        classes=[f"c{i}" for i in range(num_classes)],
+        config={"model": {"name": name}, "data": {"name": "patterns"}, "train": config},
+    )
+
+
+def test_split_by_group_keeps_images_together_and_is_seeded():
+    groups = [f"img{i // 4}" for i in range(40)]  # 10 source images, 4 tiles each
+    train, val = split_by_group(groups, 0.2, seed=3)
+    assert sorted(train + val) == list(range(40))
+    assert {groups[i] for i in train}.isdisjoint({groups[i] for i in val})
+    assert len({groups[i] for i in val}) == 2
+    assert split_by_group(groups, 0.2, seed=3) == (train, val)
+    assert split_by_group(groups, 0.2, seed=4) != (train, val)
+    with pytest.raises(ConfigError, match="at least 2 source images"):
+        split_by_group(["a", "a"], 0.5, seed=0)
+
+
+def test_tiny_unet_overfits_two_images(presets: Path, tmp_path: Path):
+    torch.manual_seed(0)
+    data = Patterns(n=2, size=16)
+    loader = DataLoader(data, batch_size=2)
+    model = UNet((Level(8, 1), Level(16, 1)), in_channels=3, num_classes=3)
+    cfg = TrainConfig(epochs=25, batch_size=2, lr=3e-2, weight_decay=0, early_stopping=0)
+    state = fit(
+        model,
+        loader,
+        loader,
+        loss_fn=create_loss("jaccard", num_classes=3),
+        info=info(name=f"{presets}:small"),
+        run_dir=tmp_path,
+        config=cfg,
+        progress=False,
+    )
+    last = state.history[-1]
+    assert last["train_loss"] < 0.05 and state.history[0]["train_loss"] > 0.3
+    assert state.best_miou > 0.97
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, 26))
+    keys = {"epoch", "train_loss", "val_loss", "val_miou", "val_study_miou", "lr"}
+    assert keys | {"epoch_time_s", "train_time_s"} <= set(json.loads(lines[0]))
+    best, ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert ckpt["epoch"] == state.best_epoch and ckpt["classes"] == ["c0", "c1", "c2"]
+
+
+def test_accumulation_averages_and_handles_a_partial_last_window():
+    """5 samples, logical batch 4: micro-batches of 1 must give the optimizer exactly the
+    gradients of batches [4, 1] (the loss is divided by each window's own length)."""
+    data = Patterns(n=5, size=8)
+    loss_fn = create_loss("ce", num_classes=3)
+
+    def one_epoch(micro: int, accumulation: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = nn.Conv2d(3, 3, 3, padding=1)
+        sgd = torch.optim.SGD(model.parameters(), lr=1.0)
+        _train_epoch(
+            model,
+            DataLoader(data, batch_size=micro),
+            loss_fn,
+            sgd,
+            torch.amp.GradScaler("cpu", enabled=False),
+            cfg=TrainConfig(epochs=1, batch_size=4),
+            device=torch.device("cpu"),
+            accumulation=accumulation,
+            epoch=1,
+            run_dir=Path("."),
+            progress=False,
+        )
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    full = one_epoch(micro=4, accumulation=1)
+    assert torch.allclose(one_epoch(micro=1, accumulation=4), full, atol=1e-6)
+    # Summing instead of averaging (the study's code) would have moved 4x further.
+    assert not torch.allclose(one_epoch(micro=1, accumulation=1), full, atol=1e-3)
+
+
+def test_resume_continues_with_identical_state(tmp_path: Path):
+    data = Patterns(n=6, size=8, flip=True)  # random flips: the RNG must resume too
+
+    def run(run_dir: Path, epochs: int, resume: bool) -> dict:
+        torch.manual_seed(0)
+        model = UNet((Level(4, 1), Level(8, 1)), in_channels=3, num_classes=3)
+        cfg = TrainConfig(epochs=epochs, batch_size=4, micro_batch_size=2, device="cpu")
+        train_loader, val_loader = make_loaders(data, data, cfg, torch.device("cpu"))
+        loss = create_loss("jaccard", num_classes=3)
+        args = dict(loss_fn=loss, info=info(), run_dir=run_dir, config=cfg, progress=False)
+        fit(model, train_loader, val_loader, resume=resume, **args)
+        return read_checkpoint(run_dir / "last.pt")
+
+    straight = run(tmp_path / "a", epochs=3, resume=False)
+    run(tmp_path / "b", epochs=1, resume=False)
+    resumed = run(tmp_path / "b", epochs=3, resume=True)
+    assert resumed["epoch"] == 3
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+
+    def strip(history: list) -> list:
+        return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in history]
+
+    assert strip(resumed["train_state"]["history"]) == strip(straight["train_state"]["history"])
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_resume_with_another_model_or_dataset_is_refused(tmp_path: Path):
+    loader = DataLoader(Patterns(n=2, size=8), batch_size=2)
+    model = UNet((Level(4, 1), Level(8, 1)), in_channels=3, num_classes=3)
+    cfg = TrainConfig(epochs=1, batch_size=2, device="cpu")
+    loss = create_loss("ce", num_classes=3)
+    fit(model, loader, loader, loss_fn=loss, info=info(), run_dir=tmp_path, config=cfg)
+    ckpt = read_checkpoint(tmp_path / "last.pt")
+    check_resume(ckpt, info(), tmp_path / "last.pt")  # same setup: fine
+    other = info(name="unet_other")
+    other.config["data"]["name"] = "loveda"
+    other.num_classes = 4
+    with pytest.raises(CheckpointError) as err:
+        check_resume(ckpt, other, tmp_path / "last.pt")
+    message = str(err.value)
+    assert "model_name: 'unet_tiny' in the run, 'unet_other' now" in message
+    assert "num_classes: 3 in the run, 4 now" in message
+    assert "data.name: 'patterns' in the run, 'loveda' now" in message
+    with pytest.raises(CheckpointError, match="no training state"):
+        check_resume(read_checkpoint(tmp_path / "best.pt"), info(), tmp_path / "best.pt")
+
+
+class NaNAt(nn.Module):
+    """A loss that turns NaN at one call, as a diverging run would."""
+
+    def __init__(self, at_call: int):
+        super().__init__()
+        self.inner, self.calls, self.at_call = nn.CrossEntropyLoss(), 0, at_call
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = self.inner(logits, target)
+        return loss * float("nan") if self.calls == self.at_call else loss
+
+
+def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good(tmp_path: Path):
+    data = Patterns(n=4, size=8)
+    train_loader = DataLoader(data, batch_size=2)  # 2 steps per epoch
+    val_loader = DataLoader(data, batch_size=4)  # 1 loss call per validation
+    model = UNet((Level(4, 1), Level(8, 1)), in_channels=3, num_classes=3)
+    cfg = TrainConfig(epochs=5, batch_size=2, device="cpu")
+    # Calls: epoch 1 = 2 train + 1 val; epoch 2 step 2 is call 5.
+    with pytest.raises(TrainingError) as err:
+        fit(
+            model,
+            train_loader,
+            val_loader,
+            loss_fn=NaNAt(5),
+            info=info(),
+            run_dir=tmp_path,
+            config=cfg,
+        )
+    message = str(err.value)
+    assert "epoch 2, step 2/2" in message and "learning rate" in message and "bf16" in message
+    assert str(tmp_path / "last.pt") in message
+    assert read_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_devices_and_precisions_are_checked():
+    with pytest.raises(DeviceError, match="bf16"):
+        resolve_device("cpu", "fp16")
+    assert resolve_device("cpu", "bf16") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="--device cpu"):
+            resolve_device("cuda")
+
+
+def test_bf16_channels_last_epoch_runs_on_cpu(tmp_path: Path):
+    loader = DataLoader(Patterns(n=2, size=8), batch_size=2)
+    model = UNet((Level(4, 1), Level(8, 1)), in_channels=3, num_classes=3)
+    cfg = TrainConfig(epochs=1, batch_size=2, precision="bf16", channels_last=True, device="cpu")
+    loss = create_loss("jaccard", num_classes=3)
+    state = fit(model, loader, loader, loss_fn=loss, info=info(), run_dir=tmp_path, config=cfg)
+    assert 0 < state.history[0]["train_loss"] < 1
+
+
+def test_cli_train_then_evaluate_end_to_end(
+    presets: Path, loveda_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    run = tmp_path / "run"
+    assert main(train_args(loveda_root, presets, "--epochs", "2", "--out", str(run))) == 0
+    for name in (
+        "config.toml",
+        "metrics.jsonl",
+        "best.pt",
+        "last.pt",
+        "curves.png",
+        "predictions.png",
+        "scores.json",
+        "scores.md",
+    ):
+        assert (run / name).is_file(), name
+    assert not list(run.glob(".*.tmp"))
+    cfg = load_config(run / "config.toml")
+    assert cfg.data.val_fraction == 0.25 and cfg.data.crop == 16 and cfg.train.epochs == 2
+    model, ckpt = load_checkpoint(run / "best.pt")  # best.pt alone rebuilds the model
+    assert ckpt["model"] == f"{presets}:tiny" and ckpt["ignore_index"] == 255
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 7, 32, 32)
+    capsys.readouterr()
+
+    (run / "scores.json").unlink()
+    assert main(["evaluate", str(run / "best.pt"), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "| background |" in out and "study IoU" in out and "0.25 of train" in out
+    scores = json.loads((run / "scores.json").read_text())
+    assert scores["num_samples"] == 4  # 1 of 4 source images = 4 tiles of 32x32
+    best = json.loads((run / "metrics.jsonl").read_text().splitlines()[ckpt["epoch"] - 1])
+    assert scores["miou"] == pytest.approx(best["val_miou"])
+
+    # The same run directory again is refused; resuming with another model too.
+    assert main(train_args(loveda_root, presets, "--epochs", "2", "--out", str(run))) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--model", "unet_base"]) == 2
+    assert "model.name: " in capsys.readouterr().err
+
+
+def test_cli_bad_crop_and_missing_resume(
+    presets: Path, loveda_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    args = train_args(loveda_root, presets, "--out", str(tmp_path / "r"))
+    args[args.index("--crop") + 1] = "15"
+    assert main(args) == 2
+    assert "use --crop 16" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_sigkill_mid_run_then_resume(presets: Path, loveda_root: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "satunet", *train_args(loveda_root, presets, "--out", str(run))]
+    proc = subprocess.Popen(
+        [*cmd, "--epochs", "1000"], env=_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.is_file() and metrics.read_text().count("\n") >= 1:
+                break
+            time.sleep(0.02)
+        time.sleep(0.1)  # land somewhere in the next epoch, possibly inside a write
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+
+    done = read_checkpoint(run / "last.pt")["epoch"]  # loads: no torn checkpoint
+    read_checkpoint(run / "best.pt")
+    before = [json.loads(line) for line in metrics.read_text().splitlines()]
+    # last.pt is saved before its metrics line, so a kill in between leaves one line fewer.
+    assert [r["epoch"] for r in before] == list(range(1, len(before) + 1))
+    assert len(before) in (done - 1, done) and done >= 1
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "satunet", "train", "--resume", str(run)]
+        + ["--set", f"train.epochs={done + 1}"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming {run} at epoch {done + 1}" in resumed.stderr
+    after = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in after] == list(range(1, done + 2))
+    assert after[: len(before)] == before  # the completed epochs are kept as they were
+    assert read_checkpoint(run / "last.pt")["epoch"] == done + 1
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_ddp_two_cpu_processes_with_gloo(presets: Path, loveda_root: Path, tmp_path: Path):
+    run = tmp_path / "ddp"
+    args = train_args(loveda_root, presets, "--epochs", "2", "--out", str(run), "--json")
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        + ["-m", "satunet", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "batch 4 = 2 x 1 step(s) x 2 process(es)" in out.stderr
+    summary = json.loads(out.stdout)  # only rank 0 printed
+    assert summary["epochs_run"] == 2
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # written once, by rank 0
+    # Each rank scored half of the 4 validation tiles; the all-reduced scores cover all of them.
+    assert json.loads((run / "scores.json").read_text())["num_samples"] == 4
+    assert read_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_epoch_on_cuda(precision: str, tmp_path: Path):
+    loader = DataLoader(Patterns(n=4, size=16), batch_size=2)
+    model = UNet((Level(8, 1), Level(16, 1)), in_channels=3, num_classes=3)
+    cfg = TrainConfig(
+        epochs=2, batch_size=4, precision=precision, channels_last=True, device="cuda"
+    )
+    loss = create_loss("jaccard", num_classes=3)
+    state = fit(model, loader, loader, loss_fn=loss, info=info(), run_dir=tmp_path, config=cfg)
+    assert all(math.isfinite(r["train_loss"]) for r in state.history)
+    if precision == "fp16":
+        assert read_checkpoint(tmp_path / "last.pt")["scaler"]["scale"] > 0
