@@ -19,6 +19,7 @@ install: $(STAMP)
 ## The main job: the side-by-side speed benchmark of the study's models on this machine.
 run: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/satunet models
+	HF_HUB_OFFLINE=1 $(BIN)/satunet benchmark --size 256 --batch-size 2 --rounds 3 --out runs/benchmark
 
 ## The default test suite (slow tests deselected in pyproject.toml).
 test: $(STAMP)

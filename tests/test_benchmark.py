@@ -1,0 +1,206 @@
+"""The benchmark measures what it says: keys, ratios, epoch times, agreement, real peak memory."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+from satunet import cli
+from satunet.benchmark import (
+    EPOCH_TILES,
+    ROW_KEYS,
+    BenchmarkReport,
+    benchmark_models,
+    describe_machine,
+    measure_peak_conv_gflops,
+)
+from satunet.errors import ConfigError, UnknownNameError
+from satunet.models import Level, UNet
+
+TINY = partial(UNet, (Level(4), Level(8)), num_classes=3)
+SMALL = partial(UNet, (Level(8), Level(16), Level(16)), num_classes=3)
+FAST = {"size": 64, "batch_size": 2, "num_classes": 3, "rounds": 2, "min_time_s": 0.02}
+
+
+@pytest.fixture(scope="module")
+def report() -> BenchmarkReport:
+    return benchmark_models(
+        {"tiny": TINY, "small": SMALL}, reference="tiny", measure_memory=False, **FAST
+    )
+
+
+def test_rows_have_every_key_and_sane_values(report: BenchmarkReport) -> None:
+    assert [r["name"] for r in report.rows] == ["tiny", "small"]
+    for row in report.rows:
+        assert set(ROW_KEYS) <= set(row)
+        assert row["params"] > 0 and row["gmacs"] > 0
+        assert row["train_img_s_min"] <= row["train_img_s"] <= row["train_img_s_max"]
+        assert row["infer_img_s_min"] <= row["infer_img_s"] <= row["infer_img_s_max"]
+        assert 0 < row["latency_ms_p50"] <= row["latency_ms_p95"]
+        assert row["peak_mem_mb"] is None  # not asked for
+        # 1512 tiles of 512x512 at 64x64 throughput: scaled by the pixel ratio
+        expected = EPOCH_TILES["loveda"] * (512 / 64) ** 2 / row["train_img_s"]
+        assert row["epoch_s_loveda"] == pytest.approx(expected, rel=1e-3)
+    tiny = report.rows[0]
+    assert tiny["ratio_train"] == tiny["ratio_infer"] == 1.0  # the reference against itself
+    assert report.rows[1]["params"] > tiny["params"]
+    assert "argmax_agreement" not in tiny  # fp32 eager: nothing to compare against
+
+
+def test_outputs_json_csv_markdown_and_files(report: BenchmarkReport, tmp_path) -> None:
+    records = json.loads(report.to_json())
+    assert isinstance(records, list) and [r["name"] for r in records] == ["tiny", "small"]
+    assert records[0]["size"] == 64 and records[0]["precision"] == "fp32"
+    header = report.to_csv().splitlines()[0].split(",")
+    assert {"name", "train_img_s", "ratio_train", "latency_ms_p50"} <= set(header)
+    md = report.to_markdown()
+    assert "Input size reduced to 64x64" in md and "| `small` |" in md
+    files = report.save(tmp_path / "bench")
+    assert set(files) == {"table.md", "results.csv", "results.json", "machine.json", "chart.png"}
+    assert files["chart.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(files["machine.json"].read_text())["machine"]["torch"] == torch.__version__
+
+
+def test_reduced_precision_reports_speedup_and_agreement() -> None:
+    report = benchmark_models(
+        {"tiny": TINY},
+        reference=None,
+        precision="bf16",
+        channels_last=True,
+        measure_memory=False,
+        **FAST,
+    )
+    row = report.rows[0]
+    assert row["fp32_train_img_s"] > 0 and row["train_speedup_vs_fp32"] > 0
+    assert row["infer_speedup_vs_fp32"] > 0
+    assert row["rel_rms_error"] <= 2e-2
+    assert row["ratio_train"] is None
+    assert "Train × fp32" in report.to_markdown()
+
+
+def test_fp32_options_agree_with_fp32_eager() -> None:
+    report = benchmark_models(
+        {"small": SMALL},
+        reference=None,
+        channels_last=True,
+        fold_bn=True,
+        measure_memory=False,
+        measure_train=False,
+        **FAST,
+    )
+    row = report.rows[0]
+    assert row["argmax_agreement"] >= 0.999 and row["rel_rms_error"] <= 1e-4
+    assert row["train_img_s"] is None and row["infer_img_s"] > 0
+
+
+def test_peak_memory_is_measured_and_grows_with_batch_size() -> None:
+    def peak(batch: int) -> float:
+        wide = partial(UNet, (Level(16), Level(32)), num_classes=3)
+        report = benchmark_models(
+            {"wide": wide},
+            size=128,
+            batch_size=batch,
+            num_classes=3,
+            reference=None,
+            measure_train=False,
+            measure_infer=False,
+            progress=False,
+        )
+        assert report.rows[0]["peak_mem_method"] == "child_peak_rss"
+        return report.rows[0]["peak_mem_mb"]
+
+    small, large = peak(1), peak(8)
+    # Per image the step keeps at least ~9 fp32 maps of 16x128x128 (1 MiB each) for backward.
+    assert large - small > 7 * 9 * 0.5
+
+
+def test_unpicklable_model_gets_no_memory_figure_but_a_warning(caplog) -> None:
+    class Local(nn.Module):  # defined in a function: a child process cannot unpickle it
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x)
+
+    report = benchmark_models(
+        {"local": Local}, reference=None, measure_train=False, measure_infer=False, **FAST
+    )
+    assert report.rows[0]["peak_mem_mb"] is None
+    assert "cannot be pickled" in caplog.text
+
+
+def test_reference_from_the_registry_is_measured_too() -> None:
+    report = benchmark_models(
+        {"tiny": TINY},
+        reference="unet_skinny",
+        measure_memory=False,
+        measure_train=False,
+        **{**FAST, "rounds": 1},
+    )
+    assert [r["name"] for r in report.rows] == ["tiny", "unet_skinny"]
+    assert report.rows[1]["ratio_infer"] == 1.0 and report.rows[0]["ratio_infer"] > 0
+
+
+def test_batch_norm_on_one_value_is_explained() -> None:
+    with pytest.raises(ConfigError, match="--batch-size 2"):
+        benchmark_models(
+            {"tiny": TINY},
+            reference=None,
+            measure_memory=False,
+            **{**FAST, "size": 2, "batch_size": 1},
+        )
+
+
+def test_bad_arguments_are_explained() -> None:
+    with pytest.raises(UnknownNameError, match="unet_skiny"):
+        benchmark_models({"tiny": TINY}, reference="unet_skiny", **FAST)
+    with pytest.raises(ConfigError, match="divisible by 2"):
+        benchmark_models({"tiny": TINY}, reference=None, **{**FAST, "size": 63})
+    with pytest.raises(ConfigError, match="rounds"):
+        benchmark_models({"tiny": TINY}, reference=None, **{**FAST, "rounds": 0})
+
+
+def test_peak_conv_gflops_and_machine() -> None:
+    assert measure_peak_conv_gflops("cpu", "fp32", min_time_s=0.01) > 0
+    machine = describe_machine("cpu", "bf16")
+    assert machine["cpu_threads"] >= 1 and machine["precision"] == "bf16"
+    assert machine["torch"] == torch.__version__ and machine["summary"]
+
+
+def test_cli_json(capsys) -> None:
+    argv = ["benchmark", "--models", "unet_skinny", "--size", "64", "--batch-size", "2"]
+    argv += ["--rounds", "1", "--reference", "none", "--no-memory", "--format", "json"]
+    assert cli.main(argv) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["name"] == "unet_skinny" and row["train_img_s"] > 0 and row["infer_img_s"] > 0
+
+
+def test_cli_unknown_model_is_a_clean_error(capsys) -> None:
+    assert cli.main(["benchmark", "--models", "unet_bse", "--no-memory"]) == 2
+    assert "unet_base" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compile_time_is_reported_apart_and_outputs_agree() -> None:
+    report = benchmark_models(
+        {"tiny": TINY}, reference=None, compile=True, measure_memory=False, **FAST
+    )
+    row = report.rows[0]
+    assert row["compile_s"] is not None and row["compile_s"] > 0
+    assert row["argmax_agreement"] >= 0.999 and row["rel_rms_error"] <= 1e-4
+    assert "Compile s" in report.to_markdown()
+
+
+@pytest.mark.gpu
+def test_cuda_peak_memory_and_fp16() -> None:
+    report = benchmark_models(
+        {"tiny": TINY}, device="cuda", precision="fp16", reference=None, **FAST
+    )
+    row = report.rows[0]
+    assert row["peak_mem_method"] == "cuda_max_allocated" and row["peak_mem_mb"] > 0
+    assert row["rel_rms_error"] <= 2e-2
