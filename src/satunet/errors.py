@@ -59,3 +59,11 @@ class TrainingError(SatunetError, RuntimeError):
 
 class DeviceError(SatunetError, RuntimeError):
     """A device (e.g. CUDA) or precision was asked for that this machine cannot provide."""
+
+
+class InputNotFoundError(SatunetError, FileNotFoundError):
+    """An input image, folder or glob given to a command names nothing that exists."""
+
+
+class OutputError(SatunetError, OSError):
+    """An output file or folder cannot be created or written."""
