@@ -40,12 +40,35 @@ def test_models_table_num_classes_8(capsys: pytest.CaptureFixture):
     assert "31,043,976" in out and "8,255,368" in out and "22,439,256" in out
 
 
-@pytest.mark.parametrize("command", ["models"])
+COMMANDS = [
+    "models", "data", "train", "evaluate", "reproduce", "benchmark", "search", "predict", "export",
+]  # fmt: skip
+
+
+def test_all_commands_are_registered(capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command in out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_help_has_example(command: str, capsys: pytest.CaptureFixture):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
     assert info.value.code == 0
-    assert "satunet " + command in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "example" in out.lower() and "satunet " + command in out
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys; from satunet.cli import build_parser; build_parser(); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_bad_value_is_a_clean_error(capsys: pytest.CaptureFixture):

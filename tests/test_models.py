@@ -4,7 +4,12 @@ import pytest
 import torch
 
 import satunet
-from satunet.errors import InputSizeError, UnknownNameError, WeightsUnavailableError
+from satunet.errors import (
+    ConfigError,
+    InputSizeError,
+    UnknownNameError,
+    WeightsUnavailableError,
+)
 from satunet.models import Level, UNet, create_model, list_models, model_options
 from satunet.profile import count_params
 
@@ -110,3 +115,168 @@ def test_local_encoder_weights(tmp_path):
     torch.save({"conv1.weight": torch.zeros(3)}, bad)
     with pytest.raises(WeightsUnavailableError, match="does not match the resnet34 encoder"):
         create_model("unetplusplus_resnet34", num_classes=5, encoder_weights=bad)
+
+
+# --- design space, new presets and presets files (issue 7) -------------------------------------
+
+TINY_LEVELS = (Level(8, 1), Level(16, 2), Level(16, 1))
+OPTIONS = [
+    {"upsample": "bilinear"},
+    {"conv": "separable"},
+    {"groups": 4},
+    {"residual": True},
+    {"skip": "add"},
+    {"skip": "sdi"},
+    {"skip": "sdi", "sdi_channels": 4, "conv": "separable"},
+    {"context": "ppm"},
+    {"context": "aspp", "conv": "separable"},
+    {"stem_stride": 2},
+    {"stem_stride": 4, "skip": "sdi", "context": "ppm", "residual": True},
+]
+
+
+@pytest.mark.parametrize(
+    "options", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items())
+)
+def test_every_option_maps_shape_and_trains(options: dict):
+    torch.manual_seed(0)
+    model = UNet(TINY_LEVELS, in_channels=3, num_classes=3, **options)
+    multiple = options.get("stem_stride", 1) * 4
+    assert model.size_multiple == multiple
+    x = torch.rand(2, 3, 2 * multiple, 3 * multiple)
+    out = model(x)
+    assert out.shape == (2, 3, 2 * multiple, 3 * multiple)
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())  # no dead branch
+    assert model.spec().options == options  # the design round-trips as data
+    with pytest.raises(InputSizeError, match=f"divisible by {multiple}"):
+        model(torch.rand(1, 3, multiple + 2, multiple))
+
+
+def test_options_change_the_tree_only_where_switched_on():
+    plain = UNet(TINY_LEVELS, num_classes=3)
+    assert plain.stem is None and plain.context is None and plain.sdi is None
+    assert plain.spec().options == {}
+    names = {n for n, _ in plain.named_modules()}
+    assert not any("shortcut" in n for n in names)
+    residual = UNet(TINY_LEVELS, num_classes=3, residual=True)
+    assert isinstance(residual.encoder[1].block.shortcut, torch.nn.Conv2d)  # 8 -> 16 projects
+    grouped = UNet(TINY_LEVELS, num_classes=3, groups=4)
+    assert grouped.encoder[0].block.layers[0].groups == 1  # reads the 3 input bands
+    assert grouped.encoder[1].block.layers[0].groups == 4
+    separable = UNet(TINY_LEVELS, num_classes=3, conv="separable")
+    depthwise = separable.encoder[1].block.layers[0][0]
+    assert depthwise.groups == depthwise.in_channels == 8
+
+
+def test_bilinear_up_is_a_1x1_conv_then_resize():
+    # The 1x1 conv commutes with bilinear resizing; running it first at low resolution is 4x
+    # cheaper and gives the same result.
+    from satunet.models.blocks import Up
+
+    up = Up(8, 4, 1, "bilinear").up
+    x = torch.rand(1, 8, 6, 6)
+    resized = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear")
+    expected = torch.nn.functional.conv2d(resized, up[0].weight, up[0].bias)
+    assert torch.allclose(up(x), expected, atol=1e-5)
+
+
+def test_sdi_skip_mixes_every_level():
+    model = UNet(TINY_LEVELS, num_classes=3, skip="sdi").eval()
+    skips = [torch.rand(1, 8, 8, 8), torch.rand(1, 16, 4, 4)]
+    fused = model.sdi(skips)
+    assert [f.shape[1:] for f in fused] == [(8, 8, 8), (8, 4, 4)]  # sdi_channels = first width
+    changed = model.sdi([skips[0], skips[1] + 1.0])
+    assert not torch.allclose(fused[0], changed[0])  # the deep level reaches the top skip
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"upsample": "nearest"}, "upsample must be one of"),
+        ({"skip": "sum"}, "skip must be one of"),
+        ({"context": "psp"}, "context must be one of"),
+        ({"stem_stride": 3}, "stem_stride must be 1, 2 or 4"),
+        ({"groups": 3}, "groups=3 must divide"),
+    ],
+)
+def test_bad_options_are_explained(options: dict, match: str):
+    with pytest.raises(ValueError, match=match):
+        UNet(TINY_LEVELS, num_classes=3, **options)
+
+
+def test_new_presets_are_data_and_within_budget():
+    from satunet.models import DESCRIPTIONS, PRESETS
+    from satunet.profile import count_gmacs
+
+    assert {"unet_fast", "unet_v2"} <= set(list_models()) <= set(DESCRIPTIONS)
+    with torch.device("meta"):
+        fast = create_model("unet_fast", num_classes=5)
+        v2 = create_model("unet_v2", num_classes=5)
+        skinny = create_model("unet_skinny", num_classes=5)
+    assert count_gmacs(fast, 512) <= 12.0  # issue 7's budget
+    assert count_gmacs(v2, 512) <= count_gmacs(skinny, 512)  # "about skinny's cost or less"
+    assert v2.sdi is not None and fast.spec() == PRESETS["unet_fast"]
+    # a preset's options can be overridden like any other option
+    assert "upsample" in model_options("unet_fast")
+    with torch.device("meta"):
+        overridden = create_model("unet_fast", num_classes=5, upsample="transpose")
+    assert "upsample" not in overridden.spec().options  # back to the default
+    assert overridden.spec().options["stem_stride"] == 2
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_presets_file_round_trip(tmp_path, suffix: str):
+    from satunet.models import PRESETS, load_presets, save_presets
+
+    path = save_presets(
+        tmp_path / f"mine{suffix}", {"a": PRESETS["unet_v2"], "b": PRESETS["unet_skinny"]}
+    )
+    loaded = load_presets(path)
+    assert loaded["a"].levels == PRESETS["unet_v2"].levels
+    assert dict(loaded["a"].options) == dict(PRESETS["unet_v2"].options)
+    model = create_model(f"{path}:a", num_classes=5, in_channels=4)
+    reference = create_model("unet_v2", num_classes=5, in_channels=4)
+    assert count_params(model) == count_params(reference)
+    assert model.in_channels == 4 and model.size_multiple == 32
+    with pytest.raises(UnknownNameError, match="Did you mean 'a'"):
+        create_model(f"{path}:aa", num_classes=5)
+    with pytest.raises(ConfigError, match="holds 2 presets"):
+        create_model(str(path), num_classes=5)
+    with pytest.raises(UnknownNameError, match="upsampel"):
+        create_model(f"{path}:a", num_classes=5, upsampel="bilinear")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[presets.x]\nlevels = [[8, 1]]\n", "levels = \\[\\[channels, convs\\]"),
+        ("[presets.x]\nlevels = [[8, 1], [16, 0]]\n", "level \\[16, 0\\]"),
+        ("[presets.x]\nlevels = [[8, 1], [16, 1]]\nupsampel = 'bilinear'\n", "unknown option"),
+        ("[presets.x]\nlevels = [[8, 1], [16, 1]]\nskip = 'sum'\n", "skip must be one of"),
+        ("levels = [[8, 1], [16, 1]]\n", "no \\[presets.NAME\\] tables"),
+        ("[presets.x\n", "not valid TOML"),
+    ],
+)
+def test_bad_presets_file_names_file_and_problem(tmp_path, text: str, match: str):
+    from satunet.models import load_presets
+
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_presets(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["unet_fast", "unet_v2"])
+def test_new_presets_output_shape(name: str):
+    model = create_model(name, num_classes=7).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 64, 96))
+    assert out.shape == (1, 7, 64, 96)
+
+
+@pytest.mark.parametrize("context", ["ppm", "aspp"])
+def test_context_trains_at_batch_1_on_a_small_bottleneck(context: str):
+    model = UNet(TINY_LEVELS, num_classes=3, context=context).train()
+    model(torch.rand(1, 3, 8, 8)).sum().backward()  # 2x2 bottleneck, 1x1 pooled maps

@@ -1,15 +1,28 @@
-"""One parameterized UNet; every UNet of the study (and satunet's own) is a tuple of levels."""
+"""One parameterized UNet; every UNet of the study (and satunet's own) is levels + a few options."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, get_args
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from satunet.errors import InputSizeError
-from satunet.models.blocks import ConvBlock, Down, Up, Upsample
+from satunet.models.blocks import (
+    ASPP,
+    PPM,
+    SDI,
+    Context,
+    Conv,
+    ConvBlock,
+    Down,
+    Skip,
+    Up,
+    Upsample,
+)
 
 
 @dataclass(frozen=True)
@@ -23,16 +36,44 @@ class Level:
     convs: int = 2
 
 
-PRESETS: dict[str, tuple[Level, ...]] = {
+@dataclass(frozen=True)
+class Preset:
+    """A named UNet design as data: its levels and the options that differ from UNet's."""
+
+    levels: tuple[Level, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def build(self, *, in_channels: int = 3, num_classes: int, **options: Any) -> UNet:
+        """The UNet of this design; ``options`` override the preset's own."""
+        return UNet(self.levels, in_channels=in_channels, num_classes=num_classes,
+                    **{**self.options, **options})  # fmt: skip
+
+
+PRESETS: dict[str, Preset] = {
     # Classic UNet with padding, 4 down steps: 31,043,781 params at 5 classes.
-    "unet_base": (Level(64), Level(128), Level(256), Level(512), Level(1024)),
+    "unet_base": Preset((Level(64), Level(128), Level(256), Level(512), Level(1024))),
     # 3 down steps, wider top: fewer params but the most work at full resolution.
-    "unet_short": (Level(128), Level(128), Level(256), Level(512)),
+    "unet_short": Preset((Level(128), Level(128), Level(256), Level(512))),
     # One level deeper than base and thinner, 1 conv per block: the study's winner.
-    "unet_skinny": tuple(Level(c, 1) for c in (32, 64, 128, 256, 512, 512, 512)),
+    "unet_skinny": Preset(tuple(Level(c, 1) for c in (32, 64, 128, 256, 512, 512, 512))),
     # Skinny with 3 convs in the two full-resolution-most levels ("modified convolution").
-    "unet_less_conv": (Level(32, 3), Level(64, 3))
-    + tuple(Level(c, 1) for c in (128, 256, 512, 512, 512)),
+    "unet_less_conv": Preset(
+        (Level(32, 3), Level(64, 3)) + tuple(Level(c, 1) for c in (128, 256, 512, 512, 512))
+    ),
+    # satunet's own, found with `satunet search` (README: "Finding a faster UNet"). A stride-2
+    # stem runs the first level at 1/2 resolution (full-resolution levels dominate the cost),
+    # one conv in the two wide-map levels, two in the deep ones, bilinear upsampling and a
+    # small pyramid pooling module for the global context DeepLabV3+ gets from its ASPP.
+    "unet_fast": Preset(
+        (Level(32, 1), Level(64, 1), Level(128, 2), Level(256, 2), Level(512, 2)),
+        {"upsample": "bilinear", "context": "ppm", "stem_stride": 2},
+    ),
+    # unet_fast with UNet v2's semantic and detail infusion (arXiv 2311.17791) in every skip.
+    "unet_v2": Preset(
+        (Level(32, 1), Level(64, 1), Level(128, 2), Level(256, 2), Level(512, 2)),
+        {"upsample": "bilinear", "context": "ppm", "stem_stride": 2, "skip": "sdi"},
+    ),
 }
 
 
@@ -59,53 +100,158 @@ def check_input(x: torch.Tensor, in_channels: int, multiple: int, name: str = "m
         )
 
 
+def _choice(name: str, value: object, literal: object) -> None:
+    choices = get_args(literal)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
 class UNet(nn.Module):
-    """UNet built from a tuple of :class:`Level` (shallowest first, bottleneck last).
+    """UNet built from a tuple of :class:`Level` (shallowest first, bottleneck last) and options.
+
+    The defaults are the study's UNet. The options span the design space ``satunet search``
+    explores:
+
+    - ``upsample``: learned 2x2 transposed conv, or 1x1 conv + bilinear resize.
+    - ``conv``: dense 3x3 convs, or depthwise-separable ones (3x3 depthwise + 1x1);
+      ``groups`` > 1 makes the dense ones grouped.
+    - ``residual``: a shortcut around every conv block.
+    - ``skip``: how a decoder level takes its encoder skip: ``"concat"`` (study), ``"add"``, or
+      ``"sdi"``, UNet v2's semantic and detail infusion of all levels into every skip, with
+      ``sdi_channels`` channels (default: the first level's width), then concatenated.
+    - ``context``: a light PPM or ASPP after the bottleneck.
+    - ``stem_stride``: 1, 2 or 4. Above 1, strided 3x3 convs take the input to 1/stem_stride
+      resolution before the first level, and the logits are resized back bilinearly, as
+      DeepLabV3+ does at 1/4: full-resolution levels dominate the cost.
 
     Shape: (B, in_channels, H, W) -> (B, num_classes, H, W) logits; H and W must be divisible by
-    ``size_multiple`` = 2 ** (len(levels) - 1), otherwise an :class:`InputSizeError` says which
-    sizes work.
+    ``size_multiple`` = stem_stride * 2 ** (len(levels) - 1), otherwise an
+    :class:`InputSizeError` says which sizes work.
     """
 
     def __init__(
         self,
-        levels: Sequence[Level],
+        levels: Sequence[Level | Sequence[int]],
         *,
         in_channels: int = 3,
         num_classes: int,
         upsample: Upsample = "transpose",
+        conv: Conv = "standard",
+        groups: int = 1,
+        residual: bool = False,
+        skip: Skip = "concat",
+        sdi_channels: int | None = None,
+        context: Context = "none",
+        stem_stride: int = 1,
     ):
         super().__init__()
-        levels = tuple(levels)
+        levels = tuple(lv if isinstance(lv, Level) else Level(*lv) for lv in levels)
         if len(levels) < 2:
             raise ValueError(f"a UNet needs at least 2 levels (one down step), got {len(levels)}")
         if in_channels < 1 or num_classes < 1:
             raise ValueError(
                 f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}"
             )
+        for name, value, literal in (
+            ("upsample", upsample, Upsample),
+            ("conv", conv, Conv),
+            ("skip", skip, Skip),
+            ("context", context, Context),
+        ):
+            _choice(name, value, literal)
+        if stem_stride not in (1, 2, 4):
+            raise ValueError(f"stem_stride must be 1, 2 or 4, got {stem_stride!r}")
+        if groups < 1 or any(lv.channels % groups for lv in levels):
+            raise ValueError(
+                f"groups={groups} must divide every level's width "
+                f"{[lv.channels for lv in levels]}; pick widths that are multiples of it"
+            )
+        if skip == "sdi" and sdi_channels is not None and sdi_channels < 1:
+            raise ValueError(f"sdi_channels must be >= 1, got {sdi_channels}")
         self.levels = levels
         self.in_channels = in_channels
         self.num_classes = num_classes
-        self.size_multiple = 2 ** (len(levels) - 1)
+        self.stem_stride = stem_stride
+        self.size_multiple = stem_stride * 2 ** (len(levels) - 1)
+        block: dict[str, Any] = {}
+        if conv != "standard" or groups != 1 or residual:  # keep the study's tree unchanged
+            block = {"conv": conv, "groups": groups, "residual": residual}
 
-        widths = [in_channels] + [level.channels for level in levels]
+        # Only options that differ from the study's defaults, so presets and files stay short.
+        defaults = {
+            "upsample": "transpose",
+            "conv": "standard",
+            "groups": 1,
+            "residual": False,
+            "skip": "concat",
+            "sdi_channels": None,
+            "context": "none",
+            "stem_stride": 1,
+        }
+        given = {"upsample": upsample, "conv": conv, "groups": groups, "residual": residual,
+                 "skip": skip, "sdi_channels": sdi_channels, "context": context,
+                 "stem_stride": stem_stride}  # fmt: skip
+        self.options = {k: v for k, v in given.items() if v != defaults[k]}
+        self.stem: nn.Module | None = None
+        self.context: nn.Module | None = None
+        self.sdi: SDI | None = None
+
+        c0 = levels[0].channels
+        if stem_stride > 1:
+            steps = [in_channels] + [c0] * (stem_stride.bit_length() - 1)
+            self.stem = nn.Sequential(
+                *(
+                    nn.Sequential(
+                        nn.Conv2d(a, b, 3, stride=2, padding=1), nn.BatchNorm2d(b), nn.ReLU()
+                    )
+                    for a, b in zip(steps[:-1], steps[1:], strict=True)
+                )
+            )
+        widths = [c0 if stem_stride > 1 else in_channels] + [lv.channels for lv in levels]
         self.encoder = nn.ModuleList(
-            Down(widths[i], level.channels, level.convs) for i, level in enumerate(levels[:-1])
+            Down(widths[i], lv.channels, lv.convs, **block) for i, lv in enumerate(levels[:-1])
         )
-        self.bottleneck = ConvBlock(widths[-2], levels[-1].channels, levels[-1].convs)
+        self.bottleneck = ConvBlock(widths[-2], levels[-1].channels, levels[-1].convs, **block)
+        if context == "ppm":
+            self.context = PPM(levels[-1].channels)
+        elif context == "aspp":
+            self.context = ASPP(levels[-1].channels, conv)
+        skip_widths = [lv.channels for lv in levels[:-1]]
+        fusion = "add" if skip == "add" else "concat"
+        if skip == "sdi":
+            width = sdi_channels or c0
+            self.sdi = SDI(skip_widths, width, conv, groups if width % groups == 0 else 1)
+            skip_widths = [width] * len(skip_widths)
         self.decoder = nn.ModuleList(
-            Up(deeper.channels, level.channels, level.convs, upsample)
-            for level, deeper in zip(reversed(levels[:-1]), reversed(levels[1:]), strict=True)
-        )
-        self.head = nn.Conv2d(levels[0].channels, num_classes, 1)
+            Up(deeper.channels, lv.channels, lv.convs, upsample, skip_channels=sw, fusion=fusion,
+               **block)
+            for lv, deeper, sw in zip(
+                reversed(levels[:-1]), reversed(levels[1:]), reversed(skip_widths), strict=True
+            )
+        )  # fmt: skip
+        self.head = nn.Conv2d(c0, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, self.size_multiple, type(self).__name__)
+        size = x.shape[-2:]
+        if self.stem is not None:
+            x = self.stem(x)
         skips = []
         for down in self.encoder:
             skip, x = down(x)
             skips.append(skip)
         x = self.bottleneck(x)
+        if self.context is not None:
+            x = self.context(x)
+        if self.sdi is not None:
+            skips = self.sdi(skips)
         for up in self.decoder:
             x = up(x, skips.pop())
-        return self.head(x)
+        x = self.head(x)
+        if self.stem is not None:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return x
+
+    def spec(self) -> Preset:
+        """This model's design as data: what a presets file stores to rebuild it."""
+        return Preset(self.levels, dict(self.options))

@@ -1,0 +1,171 @@
+"""Presets files: named UNet designs (levels + options) that users keep, share and build by name.
+
+Format (TOML; JSON with the same structure also works)::
+
+    [presets.my_fast_unet]
+    description = "found by satunet search, 61 ms at 512x512 on my laptop"
+    levels = [[16, 1], [32, 1], [64, 1], [128, 1], [256, 1]]   # [channels, convs] per level
+    upsample = "bilinear"
+    stem_stride = 2
+
+Build one with ``create_model("my_presets.toml:my_fast_unet", num_classes=5)`` (or just
+``"my_presets.toml"`` when the file holds one preset), or ``load_presets(path)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from satunet.errors import ConfigError
+from satunet.models.unet import Level, Preset, UNet
+
+PathLike = str | os.PathLike[str]
+SUFFIXES = (".toml", ".json")
+
+
+def unet_option_names() -> list[str]:
+    """The model-wide options a preset may set (UNet's keyword arguments)."""
+    params = inspect.signature(UNet.__init__).parameters
+    return [p for p in params if p not in {"self", "levels", "in_channels", "num_classes"}]
+
+
+def _parse_preset(path: Path, name: str, entry: object) -> Preset:
+    where = f"{path}: preset {name!r}"
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where} must be a table of levels and options, got {entry!r}")
+    entry = dict(entry)
+    description = entry.pop("description", "")
+    raw = entry.pop("levels", None)
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise ConfigError(f"{where} needs levels = [[channels, convs], ...] with >= 2 levels")
+    levels = []
+    for item in raw:
+        if isinstance(item, int):
+            item = [item]
+        if isinstance(item, Mapping):
+            item = [item.get("channels"), item.get("convs", 2)]
+        if (
+            not isinstance(item, list)
+            or not 1 <= len(item) <= 2
+            or not all(isinstance(v, int) and v >= 1 for v in item)
+        ):
+            raise ConfigError(f"{where}: level {item!r} is not [channels, convs] of positive ints")
+        levels.append(Level(*item))
+    allowed = unet_option_names()
+    for key in entry:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown option {key!r}; options are {', '.join(allowed)}")
+    preset = Preset(tuple(levels), entry, str(description))
+    try:  # build it once on the meta device so a bad value fails here, naming the file
+        import torch
+
+        with torch.device("meta"):
+            UNet(preset.levels, num_classes=1, **preset.options)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from e
+    return preset
+
+
+def load_presets(path: PathLike) -> dict[str, Preset]:
+    """Read a presets file (.toml or .json) into {name: Preset}, validating every entry."""
+    path = Path(path)
+    if path.suffix not in SUFFIXES:
+        raise ConfigError(f"presets file {path} must end in .toml or .json")
+    if not path.is_file():
+        raise ConfigError(f"presets file {path} does not exist")
+    try:
+        import tomllib  # Python >= 3.11
+    except ModuleNotFoundError as e:
+        if path.suffix == ".toml":
+            raise ConfigError(f"reading {path} needs Python >= 3.11; use a .json file") from e
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:  # TOMLDecodeError, JSONDecodeError
+        raise ConfigError(f"presets file {path} is not valid {path.suffix[1:].upper()}: {e}") from e
+    presets = data.get("presets") if isinstance(data, dict) else None
+    if not isinstance(presets, dict) or not presets:
+        raise ConfigError(f"presets file {path} has no [presets.NAME] tables")
+    return {name: _parse_preset(path, name, entry) for name, entry in presets.items()}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} to a presets file")
+
+
+def presets_to_dict(presets: Mapping[str, Preset]) -> dict[str, Any]:
+    """The file structure of :func:`save_presets` as plain data (also what JSON holds)."""
+    out: dict[str, Any] = {}
+    for name, p in presets.items():
+        entry: dict[str, Any] = {"description": p.description} if p.description else {}
+        entry["levels"] = [[lv.channels, lv.convs] for lv in p.levels]
+        entry.update({k: v for k, v in p.options.items() if v is not None})
+        out[name] = entry
+    return {"presets": out}
+
+
+def save_presets(path: PathLike, presets: Mapping[str, Preset]) -> Path:
+    """Write presets to a .toml or .json file atomically (a crash never leaves half a file)."""
+    path = Path(path)
+    if path.suffix not in SUFFIXES:
+        raise ConfigError(f"presets file {path} must end in .toml or .json")
+    data = presets_to_dict(presets)
+    if path.suffix == ".json":
+        text = json.dumps(data, indent=2) + "\n"
+    else:
+        lines = ["# satunet presets: build with create_model('FILE:NAME', num_classes=...)"]
+        for name, entry in data["presets"].items():
+            lines += ["", f"[presets.{name}]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in entry.items()]
+        text = "\n".join(lines) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def split_reference(name: str) -> tuple[Path, str | None] | None:
+    """``"file.toml:name"`` or ``"file.toml"`` -> (path, name or None); None for registry names."""
+    if name.endswith(SUFFIXES):
+        return Path(name), None
+    file, _, preset = name.rpartition(":")
+    if file.endswith(SUFFIXES) and preset:
+        return Path(file), preset
+    return None
+
+
+def preset_from_file(path: Path, name: str | None) -> Preset:
+    """The preset ``name`` of a presets file (or its only preset when name is None)."""
+    from satunet.errors import UnknownNameError
+
+    presets = load_presets(path)
+    if name is None:
+        if len(presets) != 1:
+            raise ConfigError(
+                f"{path} holds {len(presets)} presets; name one as '{path}:NAME' "
+                f"({', '.join(presets)})"
+            )
+        return next(iter(presets.values()))
+    if name not in presets:
+        raise UnknownNameError(f"preset in {path}", name, presets)
+    return presets[name]
