@@ -33,6 +33,7 @@ from torch import nn
 
 from satunet.checkpoint import unwrap
 from satunet.errors import ConfigError, DeviceError
+from satunet.report import atomic_write_text
 from satunet.speed import (
     Precision,
     autocast_context,
@@ -196,11 +197,15 @@ class BenchmarkReport:
         notes = [
             "",
             "¹ The study's 'memory footprint': torchsummary's per-image forward/backward pass "
-            "size at 512x512, a proxy that is not memory (seed spec §4).",
+            "size at 512x512, a proxy that is not memory (see `satunet models`).",
             f"² Measured peak memory of one training step at batch {s.get('batch_size')} "
             f"({_MEM_METHODS.get(s.get('peak_mem_method', ''), 'not measured')}).",
-            "³ Forward + backward + Adam step on synthetic data; min–max over rounds. "
-            f"× ref: speed relative to `{ref}` (> 1 is faster), median of per-round ratios.",
+            "³ Forward + backward + Adam step on synthetic data; min–max over rounds."
+            + (
+                f" × ref: speed relative to `{ref}` (> 1 is faster), median of per-round ratios."
+                if ref
+                else ""
+            ),
             "⁴ Training compute per epoch implied by the throughput (LoveDA 1512, LandCover.ai "
             "7470 tiles of 512x512); no data loading or validation, unlike the study's times"
             + (f"; extrapolated from {size}x{size} by pixel count." if size != STUDY_TILE else "."),
@@ -267,7 +272,8 @@ class BenchmarkReport:
         }
         written = {}
         for name, text in files.items():
-            written[name] = _atomic_write_text(out / name, text)
+            atomic_write_text(out / name, text)
+            written[name] = out / name
         written["chart.png"] = self.plot(out / "chart.png")
         return written
 
@@ -305,18 +311,6 @@ def _range(mid: float | None, lo: float | None, hi: float | None) -> str:
         return "–"
     digits = 3 if mid < 10 else 1
     return f"{mid:.{digits}f} ({lo:.{digits}f}–{hi:.{digits}f})"
-
-
-def _atomic_write_text(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------- the machine

@@ -68,6 +68,7 @@ def save_checkpoint(
     ``extra`` holds training state (epoch, optimizer, scheduler, scaler, RNG, config, metrics):
     only tensors, numbers, strings, lists and dicts, so ``weights_only=True`` loading works.
     """
+    spec = getattr(unwrap(model), "spec", None)
     state = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -79,9 +80,17 @@ def save_checkpoint(
         "ignore_index": ignore_index,
         "normalization": normalization,
         "state_dict": unwrap(model).state_dict(),
+        # A UNet's design as data, so a model named by a presets file rebuilds without the file.
+        "model_spec": _spec_to_dict(spec()) if callable(spec) else None,
         **extra,
     }
     atomic_save(state, path)
+
+
+def _spec_to_dict(preset: Any) -> dict[str, Any]:
+    from satunet.models.presets import presets_to_dict
+
+    return presets_to_dict({"model": preset})["presets"]["model"]
 
 
 def read_checkpoint(path: PathLike) -> dict[str, Any]:
@@ -115,14 +124,18 @@ def load_checkpoint(
     from satunet.models import create_model
 
     state = read_checkpoint(path)
+    from satunet.models.presets import parse_preset, split_reference
+
     # Pretrained weights are already in the state dict: never fetch or read them again.
     options = {k: v for k, v in state["model_options"].items() if k != "encoder_weights"}
-    model = create_model(
-        state["model"],
-        in_channels=state["in_channels"],
-        num_classes=state["num_classes"],
-        **options,
-    )
+    sizes = {"in_channels": state["in_channels"], "num_classes": state["num_classes"]}
+    if split_reference(state["model"]) is not None and state.get("model_spec"):
+        # A presets-file model: the stored design wins (the file may have moved or changed).
+        model = parse_preset(Path(path), state["model"], state["model_spec"]).build(
+            **sizes, **options
+        )
+    else:
+        model = create_model(state["model"], **sizes, **options)
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as e:

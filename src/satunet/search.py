@@ -244,7 +244,8 @@ def proxy_accuracy(
         log.info("proxy training %s for %d epoch(s)", short, epochs)
         summary = train_from_config(cfg, out / "runs" / short, progress=progress)
         best = summary.get("best") or {}
-        scores[short] = float(best.get("miou", math.nan))
+        miou = best.get("miou")  # None when no class was seen in validation
+        scores[short] = math.nan if miou is None else float(miou)
     for c in candidates:
         c.metrics["miou"] = scores.get(c.name, math.nan)
     return scores

@@ -17,11 +17,11 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from satunet.config import toml_value
 from satunet.errors import ConfigError
 from satunet.models.unet import Level, Preset, UNet
 
@@ -35,7 +35,8 @@ def unet_option_names() -> list[str]:
     return [p for p in params if p not in {"self", "levels", "in_channels", "num_classes"}]
 
 
-def _parse_preset(path: Path, name: str, entry: object) -> Preset:
+def parse_preset(path: Path, name: str, entry: object) -> Preset:
+    """One preset table of a presets file (or of a checkpoint) -> Preset, or a ConfigError."""
     where = f"{path}: preset {name!r}"
     if not isinstance(entry, Mapping):
         raise ConfigError(f"{where} must be a table of levels and options, got {entry!r}")
@@ -92,19 +93,7 @@ def load_presets(path: PathLike) -> dict[str, Preset]:
     presets = data.get("presets") if isinstance(data, dict) else None
     if not isinstance(presets, dict) or not presets:
         raise ConfigError(f"presets file {path} has no [presets.NAME] tables")
-    return {name: _parse_preset(path, name, entry) for name, entry in presets.items()}
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} to a presets file")
+    return {name: parse_preset(path, name, entry) for name, entry in presets.items()}
 
 
 def presets_to_dict(presets: Mapping[str, Preset]) -> dict[str, Any]:
@@ -130,17 +119,11 @@ def save_presets(path: PathLike, presets: Mapping[str, Preset]) -> Path:
         lines = ["# satunet presets: build with create_model('FILE:NAME', num_classes=...)"]
         for name, entry in data["presets"].items():
             lines += ["", f"[presets.{name}]"]
-            lines += [f"{k} = {_toml_value(v)}" for k, v in entry.items()]
+            lines += [f"{k} = {toml_value(v)}" for k, v in entry.items()]
         text = "\n".join(lines) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from satunet.report import atomic_write_text  # report imports models: import here
+
+    atomic_write_text(path, text)
     return path
 
 
