@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -11,32 +10,102 @@ import torch
 from torch import nn
 
 from satunet.errors import CheckpointError
+from satunet.files import PathLike, atomic_save
 
-PathLike = str | os.PathLike[str]
 FORMAT = "satunet-checkpoint"
 FORMAT_VERSION = 1
 
 
-def atomic_save(obj: Any, path: PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
+# Colours for classes without a palette (tab10-like, readable on white and on imagery).
+DEFAULT_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)  # fmt: skip
 
-    A crash at any moment leaves either the old file or the new one, never a torn file.
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Everything besides the weights that rebuilds and feeds a model: one record for all engines.
+
+    ``scale`` is the pixel value that maps to 1.0 (None: the dtype's maximum, 255 or 65535;
+    floats as given), applied before ``normalization``; training stores it so predict feeds the
+    model the numbers it was trained on.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a checkpoint is a normal file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    name: str
+    in_channels: int
+    num_classes: int
+    options: dict[str, Any] = field(default_factory=dict)
+    spec: dict[str, Any] | None = None
+    classes: tuple[str, ...] | None = None
+    ignore_index: int | None = None
+    normalization: dict[str, list[float]] | None = None
+    scale: float | None = None
+    palette: tuple[tuple[int, int, int], ...] | None = None
+    size_multiple: int = 1
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any], model: nn.Module | None = None) -> ModelInfo:
+        """The record stored in a checkpoint dict (``model`` supplies the size multiple)."""
+        palette = state.get("palette")
+        multiple = getattr(model, "size_multiple", None) if model is not None else None
+        return cls(
+            name=str(state["model"]),
+            in_channels=int(state["in_channels"]),
+            num_classes=int(state["num_classes"]),
+            options=dict(state.get("model_options") or {}),
+            spec=state.get("model_spec"),
+            classes=tuple(state["classes"]) if state.get("classes") else None,
+            ignore_index=state.get("ignore_index"),
+            normalization=state.get("normalization"),
+            scale=state.get("scale"),
+            palette=tuple(tuple(int(v) for v in c) for c in palette) if palette else None,
+            size_multiple=int(multiple or state.get("size_multiple") or 1),
+        )
+
+    @classmethod
+    def from_model(cls, model: nn.Module, **overrides: Any) -> ModelInfo:
+        """Describe a bare module by its ``in_channels``/``num_classes``/``size_multiple``."""
+        values = {
+            "name": type(model).__name__,
+            "in_channels": getattr(model, "in_channels", None),
+            "num_classes": getattr(model, "num_classes", None),
+            "size_multiple": getattr(model, "size_multiple", 1),
+        } | overrides
+        if values["in_channels"] is None or values["num_classes"] is None:
+            raise ValueError(
+                f"{type(model).__name__} has no in_channels/num_classes attributes; pass "
+                "ModelInfo(...) or give the model those attributes"
+            )
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> ModelInfo:
+        """A copy with some fields changed."""
+        return type(self)(**(asdict(self) | changes))
+
+    def class_names(self) -> tuple[str, ...]:
+        """Class names, or "class N" where the checkpoint has none."""
+        return self.classes or tuple(f"class {i}" for i in range(self.num_classes))
+
+    def colours(self) -> tuple[tuple[int, int, int], ...]:
+        """One RGB colour per class: the dataset's palette, else the default one."""
+        if self.palette and len(self.palette) >= self.num_classes:
+            return self.palette
+        n = len(DEFAULT_PALETTE)
+        return tuple(DEFAULT_PALETTE[i % n] for i in range(self.num_classes))
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        """The checkpoint keys this record is stored under (see :func:`save_checkpoint`)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {
+            "model": values.pop("name"),
+            "model_options": dict(values.pop("options")),
+            "model_spec": values.pop("spec"),
+            **{
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in values.items()
+            },
+        }
 
 
 def unwrap(model: nn.Module) -> nn.Module:
