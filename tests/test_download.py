@@ -81,7 +81,7 @@ def _zip_tree(folder: Path, out: Path) -> bytes:
 
 @pytest.fixture
 def loveda_zips(tmp_path: Path, server: _Server, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """Train.zip and Val.zip of a tiny LoveDA served locally, registered in RESOURCES."""
+    """Train.zip and Val.zip of a tiny LoveDA served locally, registered as LoveDA.resources."""
     src = make_loveda(tmp_path / "src", splits=("train", "val"), n=1, size=32)
     resources, blobs = [], {}
     for split, folder in (("train", "Train"), ("val", "Val")):
@@ -93,7 +93,7 @@ def loveda_zips(tmp_path: Path, server: _Server, monkeypatch: pytest.MonkeyPatch
         md5 = hashlib.md5(blob).hexdigest()
         resources.append(dl.Resource(_url(server, f"/{folder}.zip"), f"{folder}.zip", md5, split))
         blobs[split] = blob
-    monkeypatch.setitem(dl.RESOURCES, "loveda", resources)
+    monkeypatch.setattr(LoveDA, "resources", tuple(resources))
     return blobs
 
 
@@ -125,8 +125,8 @@ def test_checksum_mismatch_keeps_the_file_aside(tmp_path: Path, server: _Server)
 def test_cli_checksum_mismatch_exits_2(
     tmp_path: Path, server: _Server, loveda_zips: dict, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    bad = [dl.Resource(r.url, r.filename, "f" * 32, r.split) for r in dl.RESOURCES["loveda"]]
-    monkeypatch.setitem(dl.RESOURCES, "loveda", bad)
+    bad = [dl.Resource(r.url, r.filename, "f" * 32, r.split) for r in LoveDA.resources]
+    monkeypatch.setattr(LoveDA, "resources", tuple(bad))
     assert main(["data", "download", "loveda", "--root", str(tmp_path), "--split", "val"]) == 2
     assert "Val.zip has md5" in capsys.readouterr().err
     assert (tmp_path / "Val.zip.bad-md5").is_file() and not (tmp_path / "Val").exists()

@@ -51,7 +51,7 @@ def module_name(path: Path) -> str:
 
 def layer_of(name: str) -> int | None:
     best = None
-    for prefix, layer in LAYERS.items():
+    for prefix in LAYERS:
         if (name == prefix or name.startswith(prefix + ".")) and (
             best is None or len(prefix) > len(best)
         ):
@@ -62,7 +62,9 @@ def layer_of(name: str) -> int | None:
 def satunet_imports(path: Path) -> list[tuple[int, str, list[str]]]:
     """(line, imported module, imported names) for every satunet import, at any depth."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    package = (
+        module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    )
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -108,7 +110,9 @@ def upward_imports(paths: list[Path]) -> list[str]:
             if line in typing_only or target == "satunet":
                 continue
             if theirs is not None and theirs > mine:
-                problems.append(f"{path}:{line}: {me} (layer {mine}) imports {target} (layer {theirs})")
+                problems.append(
+                    f"{path}:{line}: {me} (layer {mine}) imports {target} (layer {theirs})"
+                )
     return problems
 
 
@@ -179,7 +183,9 @@ def test_no_private_names_across_modules() -> None:
 @pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(SRC)))
 def test_modules_and_functions_stay_small(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
-    assert len(text.splitlines()) <= MAX_MODULE_LINES, f"{path} has more than {MAX_MODULE_LINES} lines"
+    assert len(text.splitlines()) <= MAX_MODULE_LINES, (
+        f"{path} has more than {MAX_MODULE_LINES} lines"
+    )
     long = [
         f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
         for node in ast.walk(ast.parse(text))

@@ -20,7 +20,6 @@ from satunet.errors import ConfigError, UnknownNameError
 
 PathLike = str | os.PathLike[str]
 Precision = Literal["fp32", "bf16", "fp16"]
-Device = Literal["auto", "cpu", "cuda"]
 
 
 @dataclass
@@ -40,7 +39,7 @@ class DataConfig:
     (0 uses the dataset's own ``val_split``).
     """
 
-    name: Literal["loveda", "landcoverai", "folder"] = "loveda"
+    name: str = "loveda"  # a key of satunet.data.DATASETS, checked when the dataset is built
     root: str = ""
     scene: str | None = None
     train_split: str = "train"
@@ -75,7 +74,7 @@ class TrainConfig:
     class_weights: list[float] | None = None
     grad_clip: float | None = None
     precision: Precision = "fp32"
-    device: Device = "auto"
+    device: str = "auto"  # auto, cpu, cuda or cuda:N (checked by satunet.runtime)
     channels_last: bool = False
     num_workers: int = 0
     seed: int = 0

@@ -13,7 +13,7 @@ EXAMPLE = """examples:
   satunet data stats loveda --root data/loveda --split train --scene rural
 """
 
-DATASETS = ("loveda", "landcoverai", "folder")
+DATASET_HELP = "a registered dataset name (list them with `satunet data list`)"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="fetch and extract the official archives into --root",
         epilog="example: satunet data download loveda --root data/loveda --split train",
     )
-    d.add_argument("dataset", choices=("loveda", "landcoverai"))
+    d.add_argument("dataset", help="a dataset with official archives (see `satunet data list`)")
     d.add_argument("--root", required=True, help="folder to download and extract into")
     d.add_argument(
         "--split",
@@ -54,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="validate the layout and every file; exit 1 when there are problems",
         epilog="example: satunet data check loveda --root data/loveda",
     )
-    c.add_argument("dataset", choices=DATASETS)
+    c.add_argument("dataset", help=DATASET_HELP)
     c.add_argument("--root", required=True)
     c.add_argument("--split", choices=("train", "val", "test"), help="only this split")
     c.add_argument("--format", choices=("table", "json"), default="table")
@@ -65,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="class pixel histogram (as the model sees labels) and per-channel mean/std",
         epilog="example: satunet data stats loveda --root data/loveda --scene rural",
     )
-    s.add_argument("dataset", choices=DATASETS)
+    s.add_argument("dataset", help=DATASET_HELP)
     s.add_argument("--root", required=True)
     s.add_argument("--split", choices=("train", "val", "test"), default="train")
     s.add_argument("--scene", choices=("urban", "rural", "both"), help="LoveDA scene")
@@ -76,9 +76,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--format", choices=("table", "json"), default="table")
     s.set_defaults(run=run_stats)
 
+    ls = actions.add_parser("list", help="the registered datasets and what each reads")
+    ls.set_defaults(run=run_list)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from satunet.data import DATASETS, downloadable
+
+    fetchable = set(downloadable())
+    for name, cls in DATASETS.items():
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:<12} {summary}{'  [downloadable]' if name in fetchable else ''}")
+    return 0
+
 
 def run_download(args: argparse.Namespace) -> int:
-    from satunet.data.download import download_dataset
+    from satunet.data import download_dataset
 
     archives = download_dataset(
         args.dataset,
@@ -94,7 +107,7 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from satunet.data.check import check_dataset
+    from satunet.data import check_dataset
 
     report = check_dataset(args.dataset, args.root, split=args.split)
     if args.format == "json":
@@ -127,55 +140,22 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm.auto import tqdm
+    from satunet.data.stats import dataset_stats
 
-    from satunet.data import create_dataset
-    from satunet.data.transforms import compute_normalization
-    from satunet.errors import ConfigError
-
-    if args.max_samples < 1:
-        raise ConfigError(f"--max-samples must be >= 1, got {args.max_samples}")
-    options = {}
-    if args.scene or args.labels:
-        if args.dataset != "loveda":
-            raise ConfigError("--scene and --labels apply to loveda only")
-        options = {k: v for k, v in (("scene", args.scene), ("labels", args.labels)) if v}
-    if args.dataset != "landcoverai":  # whole images: same pixels as the tiles, fewer reads
-        options["tile_size"] = None
-    dataset = create_dataset(args.dataset, args.root, args.split, **options)
-    size = max(dataset.num_classes, (dataset.ignore_index or 0) + 1)
-    counts = torch.zeros(size, dtype=torch.int64)
-    if dataset.labeled:  # masks are validated on read, so every value is < size
-        for i in tqdm(range(len(dataset)), desc="histogram", unit="sample", disable=None):
-            counts += torch.bincount(dataset.read(i)["mask"].flatten(), minlength=size)
-    norm = compute_normalization(dataset, max_samples=args.max_samples)
-    total = int(counts.sum())
-    rows = []
-    for c, name in enumerate(dataset.classes):
-        rows.append({"id": c, "class": name, "pixels": int(counts[c])})
-    if dataset.ignore_index is not None:
-        rows.append(
-            {
-                "id": dataset.ignore_index,
-                "class": "(ignored)",
-                "pixels": int(counts[dataset.ignore_index]),
-            }
-        )
-    for row in rows:
-        row["share"] = row["pixels"] / total if total else 0.0
-    result = {
-        "dataset": args.dataset,
-        "split": args.split,
-        "samples": len(dataset),
-        "classes": rows,
-        "normalization": norm,
-    }
+    result = dataset_stats(
+        args.dataset,
+        args.root,
+        args.split,
+        scene=args.scene,
+        labels=args.labels,
+        max_samples=args.max_samples,
+    )
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{dataset!r}, split {args.split}")
-    if total:
+    rows, norm = result["classes"], result["normalization"]
+    print(f"{result['description']}, split {args.split}")
+    if any(row["pixels"] for row in rows):
         print(f"\n{'id':>5}  {'class':<20} {'pixels':>14} {'share':>7}")
         for row in rows:
             print(f"{row['id']:>5}  {row['class']:<20} {row['pixels']:>14,} {row['share']:>7.2%}")

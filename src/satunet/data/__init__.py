@@ -1,17 +1,18 @@
-"""Datasets (official LoveDA / LandCover.ai layouts, user folders), transforms, download."""
+"""Datasets (official LoveDA / LandCover.ai layouts, user folders), transforms, download, checks."""
 
-from __future__ import annotations
-
-import inspect
-from typing import Literal
-
-from torch.utils.data import Dataset
-
-from satunet.data.base import PathLike, Sample, SegmentationDataset, Transform
+from satunet.data.base import Sample, SegmentationDataset
 from satunet.data.folder import ImageMaskFolder
 from satunet.data.landcoverai import LandCoverAI
 from satunet.data.loveda import LoveDA
-from satunet.errors import UnknownNameError
+from satunet.data.registry import (
+    DATASETS,
+    check_dataset,
+    create_dataset,
+    dataset_class,
+    dataset_options,
+    download_dataset,
+    downloadable,
+)
 
 __all__ = [
     "DATASETS",
@@ -20,31 +21,10 @@ __all__ = [
     "LoveDA",
     "Sample",
     "SegmentationDataset",
+    "check_dataset",
     "create_dataset",
+    "dataset_class",
+    "dataset_options",
+    "download_dataset",
+    "downloadable",
 ]
-
-DATASETS: dict[str, type[SegmentationDataset]] = {
-    "loveda": LoveDA,
-    "landcoverai": LandCoverAI,
-    "folder": ImageMaskFolder,
-}
-
-
-def create_dataset(
-    name: Literal["loveda", "landcoverai", "folder"],
-    root: PathLike,
-    split: str = "train",
-    *,
-    transforms: Transform | None = None,
-    **kwargs,
-) -> Dataset:
-    """Build a registered dataset by name; unknown names and options are errors, never ignored."""
-    if name not in DATASETS:
-        raise UnknownNameError("dataset", name, DATASETS)
-    cls = DATASETS[name]
-    params = inspect.signature(cls).parameters
-    allowed = [p for p in params if p not in ("root", "split", "transforms")]
-    for key in kwargs:
-        if key not in allowed:
-            raise UnknownNameError(f"option of dataset {name!r}", key, allowed)
-    return cls(root, split, transforms=transforms, **kwargs)

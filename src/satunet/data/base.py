@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from satunet.data.pixels import DTYPE_SCALE, pixel_scale  # noqa: F401 - DTYPE_SCALE kept here
 from satunet.data.readers import RasterReader
 from satunet.data.tiling import Window
 from satunet.errors import ConfigError, DataError
@@ -19,9 +20,6 @@ PathLike = str | os.PathLike[str]
 Sample = dict[str, torch.Tensor]
 Transform = Callable[[Sample], Sample]
 RGB = tuple[int, int, int]
-
-# Dividing by the type's maximum maps integer pixels to [0, 1] without looking at the data.
-DTYPE_SCALE = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0, "float64": 1.0}
 
 
 @dataclass(frozen=True)
@@ -60,6 +58,9 @@ class SegmentationDataset(Dataset):
     palette: tuple[RGB, ...]
     ignore_index: int | None
     in_channels: int
+    # Official archives for `satunet data download` (empty: not downloadable). Each subclass
+    # also has a static ``check_layout(report, split, progress)`` for `satunet data check`.
+    resources: tuple = ()
 
     def __init__(
         self,
@@ -133,12 +134,7 @@ class SegmentationDataset(Dataset):
         return sample
 
     def _to_float(self, array: np.ndarray, path: Path) -> torch.Tensor:
-        scale = self.scale or DTYPE_SCALE.get(str(array.dtype))
-        if scale is None:
-            raise DataError(
-                f"{path} holds {array.dtype} pixels, which have no default scale to [0, 1]: "
-                "pass scale= (the value that maps to 1.0, e.g. 10000 for reflectance)."
-            )
+        scale = pixel_scale(array.dtype, self.scale, path)
         # One copy into a fresh float32 array: decoded arrays may be read-only (kept by the
         # reader) and (C, H, W) views of (H, W, C) pixels.
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).div_(scale)

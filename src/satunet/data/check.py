@@ -1,24 +1,22 @@
 """Validate a dataset on disk: layout, every file, pairs, sizes, class ids; one report.
 
-Used by ``satunet data check``. Problems are collected, not raised, so one run lists every bad
+Used by ``satunet data check``; each dataset module describes its own layout with these parts. Problems are collected, not raised, so one run lists every bad
 file; only a missing root is an exception.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from satunet.data.base import natural_key
-from satunet.data.readers import SUFFIXES, RasterReader, raster_info
+from satunet.data.readers import RasterReader, raster_info
 from satunet.data.tiling import Window
-from satunet.errors import DataError, DatasetNotFoundError, UnknownNameError
+from satunet.errors import DataError
 
 PathLike = str | os.PathLike[str]
 STRIP = 1024  # rows per read of a large TIFF, so a 9000x9500 orthophoto never sits in memory
@@ -103,7 +101,7 @@ def _reason(error: DataError) -> str:
     return f"cannot be read: {cause} (corrupt or truncated: replace it)" if cause else str(error)
 
 
-def _check_pair(
+def check_pair(
     report: CheckReport,
     image: Path,
     mask: Path | None,
@@ -164,7 +162,7 @@ def _check_pair(
     report.histogram.update(counts)
 
 
-def _pairs_in(
+def pairs_in(
     report: CheckReport,
     part: Part,
     image_dir: Path,
@@ -195,161 +193,7 @@ def _pairs_in(
     return [(p, masks[p.stem]) for p in images if p.stem in masks]
 
 
-def _progress(pairs: list, desc: str, progress: bool | None):  # noqa: ANN202
+def progress_bar(pairs: list, desc: str, progress: bool | None):  # noqa: ANN202
     from tqdm.auto import tqdm
 
     return tqdm(pairs, desc=desc, unit="file", disable=None if progress is None else not progress)
-
-
-def _check_loveda(report: CheckReport, split: str | None, progress: bool | None) -> None:
-    from satunet.data.loveda import OFFICIAL_CLASSES, SCENES, SPLITS
-
-    report.classes = {0: "no-data (ignored)"} | {i + 1: c for i, c in enumerate(OFFICIAL_CLASSES)}
-    splits = [split] if split else list(SPLITS)
-    work: list[tuple[Path, Path | None]] = []
-    for s in splits:
-        for scene in SCENES.values():
-            folder = report.root / SPLITS[s] / scene
-            part = Part(s, scene.lower())
-            report.parts.append(part)
-            if not (folder / "images_png").is_dir():
-                part.present = False
-                continue
-            masks = folder / "masks_png" if s != "test" else None
-            work += _pairs_in(report, part, folder / "images_png", masks, (".png",))
-    if not any(p.present for p in report.parts):
-        report.problem(
-            report.root,
-            f"holds no LoveDA split ({'/'.join(SPLITS[s] for s in splits)}/Urban|Rural/"
-            "images_png): download it with `satunet data download loveda`",
-        )
-    for image, mask in _progress(work, "checking LoveDA", progress):
-        _check_pair(report, image, mask, set(range(8)), 3)
-
-
-def _check_landcoverai(report: CheckReport, split: str | None, progress: bool | None) -> None:
-    from satunet.data.landcoverai import CLASSES, SPLITS, official_tiles
-
-    report.classes = dict(enumerate(CLASSES))
-    part = Part("all", "orthophotos")
-    report.parts.append(part)
-    work: list[tuple[Path, Path | None]] = []
-    output = report.root / "output"
-    cut = {p.stem for p in output.glob("*.jpg")} if output.is_dir() else set()
-    if (report.root / "images").is_dir():
-        work = _pairs_in(report, part, report.root / "images", report.root / "masks", (".tif",))
-    else:
-        part.present = False
-    tiles: set[str] = set()
-    for image, _ in work:
-        try:
-            info = raster_info(image)
-        except DataError:
-            continue  # reported by _check_pair below
-        tiles |= {f"{image.stem}_{k}" for k in official_tiles(info.height, info.width)}
-    if not work and not cut:
-        report.problem(
-            report.root,
-            "holds neither images/*.tif nor output/*.jpg: download the release with "
-            "`satunet data download landcoverai`",
-        )
-    for s in [split] if split else list(SPLITS):
-        listing = report.root / f"{s}.txt"
-        ids = listing.read_text().split() if listing.is_file() else []
-        split_part = Part(s, "tiles listed", images=len(ids), masks=len(ids), files=False)
-        report.parts.append(split_part)
-        if not listing.is_file():
-            split_part.present = False
-            report.problem(listing, "is missing (the official split list)")
-            continue
-        unknown = [i for i in ids if i not in tiles] if work else []
-        if unknown:
-            report.problem(
-                listing,
-                f"lists {len(unknown)} tile(s) the orthophotos do not produce, e.g. "
-                f"{', '.join(unknown[:3])}",
-            )
-        if cut:
-            absent = [i for i in ids if i not in cut]
-            if absent:
-                report.problem(
-                    output, f"lacks {len(absent)} tile(s) of {s}.txt (split.py stopped?)"
-                )
-    if cut and work:
-        report.notes.append(f"output/ holds {len(cut)} tiles cut by split.py (not decoded here)")
-    elif cut:  # only split.py's tiles are left: check those
-        tiles_part = Part("all", "output tiles", images=len(cut))
-        report.parts.append(tiles_part)
-        for stem in sorted(cut):
-            mask = output / f"{stem}_m.png"
-            if mask.is_file():
-                tiles_part.masks += 1
-                work.append((output / f"{stem}.jpg", mask))
-            else:
-                report.problem(output / f"{stem}.jpg", f"has no mask {mask.name}")
-    for image, mask in _progress(work, "checking LandCover.ai", progress):
-        _check_pair(report, image, mask, set(range(len(CLASSES))), 3)
-
-
-def _check_folder(report: CheckReport, split: str | None, progress: bool | None) -> None:
-    from satunet.data.folder import CLASSES_FILE
-
-    spec_path = report.root / CLASSES_FILE
-    valid: set[int] | None = None
-    if spec_path.is_file():
-        try:
-            spec = json.loads(spec_path.read_text())
-            names = list(spec["classes"])
-            report.classes = dict(enumerate(names))
-            valid = set(range(len(names)))
-            if spec.get("ignore_index") is not None:
-                valid.add(int(spec["ignore_index"]))
-                report.classes[int(spec["ignore_index"])] = "(ignored)"
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            report.problem(spec_path, f"is not a valid classes file ({e})")
-    else:
-        report.notes.append(f"no {CLASSES_FILE}: class ids were not range-checked")
-    splits = [split] if split else ["train", "val", "test"]
-    bases = [(s, report.root / s) for s in splits if (report.root / s / "images").is_dir()]
-    if not bases:
-        bases = [("train", report.root)] if (report.root / "images").is_dir() else []
-    if not bases:
-        report.problem(report.root, "holds no images/ folder (nor train|val|test/images)")
-    work: list[tuple[Path, Path | None]] = []
-    bands: int | None = None
-    for s, base in bases:
-        part = Part(s, "-")
-        report.parts.append(part)
-        masks = base / "masks" if (base / "masks").is_dir() else None
-        work += _pairs_in(report, part, base / "images", masks, SUFFIXES)
-    if work:
-        try:
-            bands = raster_info(work[0][0]).bands
-        except DataError:
-            bands = None
-    for image, mask in _progress(work, "checking folder", progress):
-        _check_pair(report, image, mask, valid, bands)
-
-
-CHECKS = {"loveda": _check_loveda, "landcoverai": _check_landcoverai, "folder": _check_folder}
-
-
-def check_dataset(
-    name: Literal["loveda", "landcoverai", "folder"],
-    root: PathLike,
-    *,
-    split: str | None = None,
-    progress: bool | None = None,
-) -> CheckReport:
-    """Read every file of a dataset and collect what is wrong (see :class:`CheckReport`)."""
-    if name not in CHECKS:
-        raise UnknownNameError("dataset", name, CHECKS)
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetNotFoundError(
-            f"dataset root {root} does not exist: pass the folder holding the data with --root,"
-            f" or fetch it with `satunet data download {name} --root {root}`."
-        )
-    report = CheckReport(name, root, {})
-    CHECKS[name](report, split, progress)
-    return report

@@ -17,7 +17,7 @@ import shutil
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -37,38 +37,6 @@ class Resource:
     filename: str
     md5: str
     split: str | None = None
-
-
-# LoveDA: Zenodo record 5706578; LandCover.ai v1: the authors' site (one archive, all splits).
-RESOURCES: dict[str, list[Resource]] = {
-    "loveda": [
-        Resource(
-            "https://zenodo.org/records/5706578/files/Train.zip?download=1",
-            "Train.zip",
-            "de2b196043ed9b4af1690b3f9a7d558f",
-            "train",
-        ),
-        Resource(
-            "https://zenodo.org/records/5706578/files/Val.zip?download=1",
-            "Val.zip",
-            "84cae2577468ff0b5386758bb386d31d",
-            "val",
-        ),
-        Resource(
-            "https://zenodo.org/records/5706578/files/Test.zip?download=1",
-            "Test.zip",
-            "a489be0090465e01fb067795d24e6b47",
-            "test",
-        ),
-    ],
-    "landcoverai": [
-        Resource(
-            "https://landcover.ai.linuxpolska.com/download/landcover.ai.v1.zip",
-            "landcover.ai.v1.zip",
-            "3268c89070e8734b4e91d531c0617e03",
-        )
-    ],
-}
 
 
 def _md5_of(path: PathLike):  # noqa: ANN202 - hashlib's hash type is private
@@ -241,8 +209,9 @@ def extract_archive(archive: PathLike, dest: PathLike) -> Path:
     return dest
 
 
-def download_dataset(
+def download_resources(
     name: str,
+    resources: Sequence[Resource],
     root: PathLike,
     *,
     splits: Iterable[str] | None = None,
@@ -250,15 +219,14 @@ def download_dataset(
     keep_archives: bool = True,
     progress: bool | None = None,
 ) -> list[Path]:
-    """Download and extract a dataset's official archives into ``root``; returns the archives.
+    """Download and extract ``name``'s official archives into ``root``; returns the archives.
 
     ``splits`` picks LoveDA's per-split archives (all when None). ``checksum=False`` skips the
     md5 check of archives already on disk (fresh downloads are always checked: it is free).
     """
-    if name not in RESOURCES:
-        raise UnknownNameError("downloadable dataset", name, RESOURCES)
+    if not resources:
+        raise DataError(f"dataset {name!r} has no official archives to download")
     root = Path(root)
-    resources = RESOURCES[name]
     if splits is not None:
         wanted = set(splits)
         known = {r.split for r in resources}

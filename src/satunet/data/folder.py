@@ -23,6 +23,7 @@ from satunet.data.base import (
     label_lut,
     natural_key,
 )
+from satunet.data.check import CheckReport, Part, check_pair, pairs_in, progress_bar
 from satunet.data.readers import SUFFIXES, raster_info
 from satunet.data.tiling import tile_grid
 from satunet.errors import ConfigError, DataError, DatasetNotFoundError, UnknownNameError
@@ -50,6 +51,11 @@ class ImageMaskFolder(SegmentationDataset):
             65535 for uint16), 1 for float. Use e.g. 10000 for Sentinel-2 reflectance.
         in_channels: expected band count; by default the first image's.
     """
+
+    @staticmethod
+    def check_layout(report: CheckReport, split: str | None, progress: bool | None) -> None:
+        """Check this dataset's layout under ``report.root`` file by file (``data check``)."""
+        check_folder_layout(report, split, progress)
 
     def __init__(
         self,
@@ -192,3 +198,43 @@ class ImageMaskFolder(SegmentationDataset):
             windows = tile_grid(info.height, info.width, tile, stride, cover=True)
             tiled += [Record(record.image, record.mask, w, record.group) for w in windows]
         return tiled
+
+
+def check_folder_layout(report: CheckReport, split: str | None, progress: bool | None) -> None:
+    """Check the official layout under ``report.root`` file by file (``satunet data check``)."""
+
+    spec_path = report.root / CLASSES_FILE
+    valid: set[int] | None = None
+    if spec_path.is_file():
+        try:
+            spec = json.loads(spec_path.read_text())
+            names = list(spec["classes"])
+            report.classes = dict(enumerate(names))
+            valid = set(range(len(names)))
+            if spec.get("ignore_index") is not None:
+                valid.add(int(spec["ignore_index"]))
+                report.classes[int(spec["ignore_index"])] = "(ignored)"
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            report.problem(spec_path, f"is not a valid classes file ({e})")
+    else:
+        report.notes.append(f"no {CLASSES_FILE}: class ids were not range-checked")
+    splits = [split] if split else ["train", "val", "test"]
+    bases = [(s, report.root / s) for s in splits if (report.root / s / "images").is_dir()]
+    if not bases:
+        bases = [("train", report.root)] if (report.root / "images").is_dir() else []
+    if not bases:
+        report.problem(report.root, "holds no images/ folder (nor train|val|test/images)")
+    work: list[tuple[Path, Path | None]] = []
+    bands: int | None = None
+    for s, base in bases:
+        part = Part(s, "-")
+        report.parts.append(part)
+        masks = base / "masks" if (base / "masks").is_dir() else None
+        work += pairs_in(report, part, base / "images", masks, SUFFIXES)
+    if work:
+        try:
+            bands = raster_info(work[0][0]).bands
+        except DataError:
+            bands = None
+    for image, mask in progress_bar(work, "checking folder", progress):
+        check_pair(report, image, mask, valid, bands)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from satunet import files
 from satunet.errors import DataError, InputNotFoundError, OutputError
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ PathLike = str | os.PathLike[str]
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_SUFFIXES = PIL_SUFFIXES + TIFF_SUFFIXES
+# Pixel types a scene may hold (satunet.data.pixels scales each to model input).
+SCENE_DTYPES = ("uint8", "uint16", "float32", "float64")
 # GDAL's block cache defaults to 5% of RAM; scenes are read and written once, in order, so a
 # small cache is enough and keeps peak memory flat.
 GDAL_CACHE_MB = 16
@@ -150,10 +153,11 @@ def _check_file(path: Path) -> None:
 
 
 def _check_dtype(path: Path, dtype: str) -> None:
-    if dtype not in ("uint8", "uint16"):
+    if dtype not in SCENE_DTYPES:
         raise DataError(
-            f"{path} holds {dtype} pixels; satunet reads uint8 (scaled by 1/255) and uint16 "
-            "(scaled by 1/65535) images. Convert it first, e.g. gdal_translate -ot UInt16 -scale"
+            f"{path} holds {dtype} pixels; satunet reads uint8, uint16, float32 and float64 "
+            "images (scaled by the checkpoint's scale, else by 1/255, 1/65535 or 1). Convert it "
+            "first, e.g. gdal_translate -ot UInt16 or -ot Float32"
         )
 
 
@@ -233,9 +237,12 @@ def _open_pil(path: Path, expected_bands: int | None) -> SceneReader:
     )
 
 
-def check_output_dir(out: PathLike) -> Path:
-    """Create ``out`` if needed and check a file can be written there, before any work starts."""
-    out = Path(out)
+def check_output_dir(out: PathLike, inputs: Sequence[PathLike] = ()) -> Path:
+    """Create ``out`` if needed and check a file can be written there, before any work starts.
+
+    Refuses a folder that is, or holds, one of ``inputs`` (outputs there could replace them).
+    """
+    out = files.check_output_dir(out, inputs=inputs)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".satunet-write-test-{uuid.uuid4().hex}"
@@ -391,7 +398,6 @@ def write_geotiff(
     import rasterio
 
     path = Path(path)
-    tmp = temporary_name(path)
     profile: dict[str, Any] = {
         "driver": "GTiff",
         "height": array.shape[1],
@@ -405,12 +411,8 @@ def write_geotiff(
     }
     if tiled:
         profile |= {"tiled": True, "blockxsize": 256, "blockysize": 256}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(array)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with files.atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(array)
     return path

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Literal
 
 from satunet.data.base import PathLike, Record, SegmentationDataset, Transform, label_lut
+from satunet.data.check import CheckReport, Part, check_pair, pairs_in, progress_bar
+from satunet.data.download import Resource, download_resources
 from satunet.data.readers import raster_info
 from satunet.data.tiling import Window
 from satunet.errors import ConfigError, DataError, DatasetNotFoundError, UnknownNameError
@@ -21,6 +23,15 @@ SPLITS = ("train", "val", "test")
 CLASSES = ("background", "building", "woodland", "water", "road")
 PALETTE = ((255, 255, 255), (97, 74, 74), (38, 115, 0), (0, 197, 255), (207, 207, 207))
 TILE_SIZE = 512
+
+# LandCover.ai v1 from the authors' site: one archive holds all splits.
+RESOURCES = (
+    Resource(
+        "https://landcover.ai.linuxpolska.com/download/landcover.ai.v1.zip",
+        "landcover.ai.v1.zip",
+        "3268c89070e8734b4e91d531c0617e03",
+    ),
+)
 
 
 def official_tiles(height: int, width: int, tile: int = TILE_SIZE) -> dict[int, Window]:
@@ -51,6 +62,13 @@ class LandCoverAI(SegmentationDataset):
     extracts the release when the split list is absent (``checksum`` as for :class:`LoveDA`).
     """
 
+    resources = RESOURCES
+
+    @staticmethod
+    def check_layout(report: CheckReport, split: str | None, progress: bool | None) -> None:
+        """Check this dataset's layout under ``report.root`` file by file (``data check``)."""
+        check_landcoverai_layout(report, split, progress)
+
     def __init__(
         self,
         root: PathLike = "data/landcoverai",
@@ -72,9 +90,7 @@ class LandCoverAI(SegmentationDataset):
             raise UnknownNameError("LandCover.ai source", source, ("auto", "orthophotos", "tiles"))
         self.root, self.split = Path(root), split
         if download and not (self.root / f"{split}.txt").is_file():
-            from satunet.data.download import download_dataset
-
-            download_dataset("landcoverai", self.root, checksum=checksum)
+            download_resources("landcoverai", self.resources, self.root, checksum=checksum)
         ids = self._split_ids()
         output = self.root / "output"
         if source == "auto":
@@ -161,3 +177,67 @@ class LandCoverAI(SegmentationDataset):
                 "source='orthophotos' to cut the orthophotos directly."
             )
         return records
+
+
+def check_landcoverai_layout(report: CheckReport, split: str | None, progress: bool | None) -> None:
+    """Check the official layout under ``report.root`` file by file (``satunet data check``)."""
+
+    report.classes = dict(enumerate(CLASSES))
+    part = Part("all", "orthophotos")
+    report.parts.append(part)
+    work: list[tuple[Path, Path | None]] = []
+    output = report.root / "output"
+    cut = {p.stem for p in output.glob("*.jpg")} if output.is_dir() else set()
+    if (report.root / "images").is_dir():
+        work = pairs_in(report, part, report.root / "images", report.root / "masks", (".tif",))
+    else:
+        part.present = False
+    tiles: set[str] = set()
+    for image, _ in work:
+        try:
+            info = raster_info(image)
+        except DataError:
+            continue  # reported by check_pair below
+        tiles |= {f"{image.stem}_{k}" for k in official_tiles(info.height, info.width)}
+    if not work and not cut:
+        report.problem(
+            report.root,
+            "holds neither images/*.tif nor output/*.jpg: download the release with "
+            "`satunet data download landcoverai`",
+        )
+    for s in [split] if split else list(SPLITS):
+        listing = report.root / f"{s}.txt"
+        ids = listing.read_text().split() if listing.is_file() else []
+        split_part = Part(s, "tiles listed", images=len(ids), masks=len(ids), files=False)
+        report.parts.append(split_part)
+        if not listing.is_file():
+            split_part.present = False
+            report.problem(listing, "is missing (the official split list)")
+            continue
+        unknown = [i for i in ids if i not in tiles] if work else []
+        if unknown:
+            report.problem(
+                listing,
+                f"lists {len(unknown)} tile(s) the orthophotos do not produce, e.g. "
+                f"{', '.join(unknown[:3])}",
+            )
+        if cut:
+            absent = [i for i in ids if i not in cut]
+            if absent:
+                report.problem(
+                    output, f"lacks {len(absent)} tile(s) of {s}.txt (split.py stopped?)"
+                )
+    if cut and work:
+        report.notes.append(f"output/ holds {len(cut)} tiles cut by split.py (not decoded here)")
+    elif cut:  # only split.py's tiles are left: check those
+        tiles_part = Part("all", "output tiles", images=len(cut))
+        report.parts.append(tiles_part)
+        for stem in sorted(cut):
+            mask = output / f"{stem}_m.png"
+            if mask.is_file():
+                tiles_part.masks += 1
+                work.append((output / f"{stem}.jpg", mask))
+            else:
+                report.problem(output / f"{stem}.jpg", f"has no mask {mask.name}")
+    for image, mask in progress_bar(work, "checking LandCover.ai", progress):
+        check_pair(report, image, mask, set(range(len(CLASSES))), 3)

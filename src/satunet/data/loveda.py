@@ -13,6 +13,8 @@ from satunet.data.base import (
     label_lut,
     natural_key,
 )
+from satunet.data.check import CheckReport, Part, check_pair, pairs_in, progress_bar
+from satunet.data.download import Resource, download_resources
 from satunet.data.readers import raster_info
 from satunet.data.tiling import tile_grid
 from satunet.errors import ConfigError, DataError, DatasetNotFoundError, UnknownNameError
@@ -34,6 +36,28 @@ OFFICIAL_PALETTE = (
 )
 IGNORE_INDEX = 255
 
+# Zenodo record 5706578: one archive per split.
+RESOURCES = (
+    Resource(
+        "https://zenodo.org/records/5706578/files/Train.zip?download=1",
+        "Train.zip",
+        "de2b196043ed9b4af1690b3f9a7d558f",
+        "train",
+    ),
+    Resource(
+        "https://zenodo.org/records/5706578/files/Val.zip?download=1",
+        "Val.zip",
+        "84cae2577468ff0b5386758bb386d31d",
+        "val",
+    ),
+    Resource(
+        "https://zenodo.org/records/5706578/files/Test.zip?download=1",
+        "Test.zip",
+        "a489be0090465e01fb067795d24e6b47",
+        "test",
+    ),
+)
+
 
 class LoveDA(SegmentationDataset):
     """LoveDA (Wang et al., NeurIPS 2021 Datasets and Benchmarks), CC BY-NC-SA 4.0.
@@ -46,6 +70,13 @@ class LoveDA(SegmentationDataset):
     ``download=True`` fetches the split's official archive when its folder is absent (fresh
     downloads are always md5-checked); ``checksum=True`` also re-checks an archive already there.
     """
+
+    resources = RESOURCES
+
+    @staticmethod
+    def check_layout(report: CheckReport, split: str | None, progress: bool | None) -> None:
+        """Check this dataset's layout under ``report.root`` file by file (``data check``)."""
+        check_loveda_layout(report, split, progress)
 
     def __init__(
         self,
@@ -69,9 +100,9 @@ class LoveDA(SegmentationDataset):
         self.root, self.split, self.scene, self.tile_size = Path(root), split, scene, tile_size
         split_dir = self.root / SPLITS[split]
         if download and not split_dir.is_dir():
-            from satunet.data.download import download_dataset
-
-            download_dataset("loveda", self.root, splits=[split], checksum=checksum)
+            download_resources(
+                "loveda", self.resources, self.root, splits=[split], checksum=checksum
+            )
         records = self._find(split_dir)
         if labels == "official":
             classes, palette, ignore = OFFICIAL_CLASSES, OFFICIAL_PALETTE, IGNORE_INDEX
@@ -158,3 +189,29 @@ class LoveDA(SegmentationDataset):
                 "Restore the masks or remove those images; `satunet data check loveda` lists all."
             )
         return records
+
+
+def check_loveda_layout(report: CheckReport, split: str | None, progress: bool | None) -> None:
+    """Check the official layout under ``report.root`` file by file (``satunet data check``)."""
+
+    report.classes = {0: "no-data (ignored)"} | {i + 1: c for i, c in enumerate(OFFICIAL_CLASSES)}
+    splits = [split] if split else list(SPLITS)
+    work: list[tuple[Path, Path | None]] = []
+    for s in splits:
+        for scene in SCENES.values():
+            folder = report.root / SPLITS[s] / scene
+            part = Part(s, scene.lower())
+            report.parts.append(part)
+            if not (folder / "images_png").is_dir():
+                part.present = False
+                continue
+            masks = folder / "masks_png" if s != "test" else None
+            work += pairs_in(report, part, folder / "images_png", masks, (".png",))
+    if not any(p.present for p in report.parts):
+        report.problem(
+            report.root,
+            f"holds no LoveDA split ({'/'.join(SPLITS[s] for s in splits)}/Urban|Rural/"
+            "images_png): download it with `satunet data download loveda`",
+        )
+    for image, mask in progress_bar(work, "checking LoveDA", progress):
+        check_pair(report, image, mask, set(range(8)), 3)

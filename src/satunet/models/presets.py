@@ -14,63 +14,22 @@ Build one with ``create_model("my_presets.toml:my_fast_unet", num_classes=5)`` (
 
 from __future__ import annotations
 
-import inspect
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from satunet.config import toml_value
-from satunet.errors import ConfigError
-from satunet.models.unet import Level, Preset, UNet
+from satunet.errors import ConfigError, UnknownNameError
+from satunet.files import PathLike, atomic_write_text
+from satunet.models.unet import Preset, unet_option_names  # noqa: F401 - re-exported
 
-PathLike = str | os.PathLike[str]
 SUFFIXES = (".toml", ".json")
 
 
-def unet_option_names() -> list[str]:
-    """The model-wide options a preset may set (UNet's keyword arguments)."""
-    params = inspect.signature(UNet.__init__).parameters
-    return [p for p in params if p not in {"self", "levels", "in_channels", "num_classes"}]
-
-
 def parse_preset(path: Path, name: str, entry: object) -> Preset:
-    """One preset table of a presets file (or of a checkpoint) -> Preset, or a ConfigError."""
-    where = f"{path}: preset {name!r}"
-    if not isinstance(entry, Mapping):
-        raise ConfigError(f"{where} must be a table of levels and options, got {entry!r}")
-    entry = dict(entry)
-    description = entry.pop("description", "")
-    raw = entry.pop("levels", None)
-    if not isinstance(raw, list) or len(raw) < 2:
-        raise ConfigError(f"{where} needs levels = [[channels, convs], ...] with >= 2 levels")
-    levels = []
-    for item in raw:
-        if isinstance(item, int):
-            item = [item]
-        if isinstance(item, Mapping):
-            item = [item.get("channels"), item.get("convs", 2)]
-        if (
-            not isinstance(item, list)
-            or not 1 <= len(item) <= 2
-            or not all(isinstance(v, int) and v >= 1 for v in item)
-        ):
-            raise ConfigError(f"{where}: level {item!r} is not [channels, convs] of positive ints")
-        levels.append(Level(*item))
-    allowed = unet_option_names()
-    for key in entry:
-        if key not in allowed:
-            raise ConfigError(f"{where}: unknown option {key!r}; options are {', '.join(allowed)}")
-    preset = Preset(tuple(levels), entry, str(description))
-    try:  # build it once on the meta device so a bad value fails here, naming the file
-        import torch
-
-        with torch.device("meta"):
-            UNet(preset.levels, num_classes=1, **preset.options)
-    except ValueError as e:
-        raise ConfigError(f"{where}: {e}") from e
-    return preset
+    """One preset table of a presets file -> Preset, or a ConfigError naming file and preset."""
+    return Preset.from_dict(entry, where=f"{path}: preset {name!r}")
 
 
 def load_presets(path: PathLike) -> dict[str, Preset]:
@@ -98,13 +57,7 @@ def load_presets(path: PathLike) -> dict[str, Preset]:
 
 def presets_to_dict(presets: Mapping[str, Preset]) -> dict[str, Any]:
     """The file structure of :func:`save_presets` as plain data (also what JSON holds)."""
-    out: dict[str, Any] = {}
-    for name, p in presets.items():
-        entry: dict[str, Any] = {"description": p.description} if p.description else {}
-        entry["levels"] = [[lv.channels, lv.convs] for lv in p.levels]
-        entry.update({k: v for k, v in p.options.items() if v is not None})
-        out[name] = entry
-    return {"presets": out}
+    return {"presets": {name: p.to_dict() for name, p in presets.items()}}
 
 
 def save_presets(path: PathLike, presets: Mapping[str, Preset]) -> Path:
@@ -121,8 +74,6 @@ def save_presets(path: PathLike, presets: Mapping[str, Preset]) -> Path:
             lines += ["", f"[presets.{name}]"]
             lines += [f"{k} = {toml_value(v)}" for k, v in entry.items()]
         text = "\n".join(lines) + "\n"
-    from satunet.report import atomic_write_text  # report imports models: import here
-
     atomic_write_text(path, text)
     return path
 
@@ -139,8 +90,6 @@ def split_reference(name: str) -> tuple[Path, str | None] | None:
 
 def preset_from_file(path: Path, name: str | None) -> Preset:
     """The preset ``name`` of a presets file (or its only preset when name is None)."""
-    from satunet.errors import UnknownNameError
-
     presets = load_presets(path)
     if name is None:
         if len(presets) != 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, get_args
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from satunet.errors import InputSizeError
+from satunet.errors import ConfigError, InputSizeError
 from satunet.models.blocks import (
     ASPP,
     PPM,
@@ -42,24 +43,88 @@ class Preset:
 
     levels: tuple[Level, ...]
     options: Mapping[str, Any] = field(default_factory=dict)
-    description: str = ""
+    description: str = field(default="", compare=False)  # words, not part of the design
 
     def build(self, *, in_channels: int = 3, num_classes: int, **options: Any) -> UNet:
         """The UNet of this design; ``options`` override the preset's own."""
         return UNet(self.levels, in_channels=in_channels, num_classes=num_classes,
                     **{**self.options, **options})  # fmt: skip
 
+    def to_dict(self) -> dict[str, Any]:
+        """The design as plain data (a presets-file table, and what checkpoints store)."""
+        entry: dict[str, Any] = {"description": self.description} if self.description else {}
+        entry["levels"] = [[lv.channels, lv.convs] for lv in self.levels]
+        entry.update({k: v for k, v in self.options.items() if v is not None})
+        return entry
+
+    @classmethod
+    def from_dict(cls, entry: object, where: str = "preset") -> Preset:
+        """A design from plain data, checked: a bad level or option is a ConfigError naming it."""
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where} must be a table of levels and options, got {entry!r}")
+        entry = dict(entry)
+        description = entry.pop("description", "")
+        levels = _parse_levels(entry.pop("levels", None), where)
+        allowed = unet_option_names()
+        for key in entry:
+            if key not in allowed:
+                raise ConfigError(
+                    f"{where}: unknown option {key!r}; options are {', '.join(allowed)}"
+                )
+        preset = cls(levels, entry, str(description))
+        try:  # build it once on the meta device so a bad value fails here, naming the source
+            with torch.device("meta"):
+                UNet(preset.levels, num_classes=1, **preset.options)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from e
+        return preset
+
+
+def _parse_levels(raw: object, where: str) -> tuple[Level, ...]:
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise ConfigError(f"{where} needs levels = [[channels, convs], ...] with >= 2 levels")
+    levels = []
+    for item in raw:
+        if isinstance(item, int):
+            item = [item]
+        if isinstance(item, Mapping):
+            item = [item.get("channels"), item.get("convs", 2)]
+        if (
+            not isinstance(item, list)
+            or not 1 <= len(item) <= 2
+            or not all(isinstance(v, int) and v >= 1 for v in item)
+        ):
+            raise ConfigError(f"{where}: level {item!r} is not [channels, convs] of positive ints")
+        levels.append(Level(*item))
+    return tuple(levels)
+
+
+def unet_option_names() -> list[str]:
+    """The model-wide options a preset may set (UNet's keyword arguments)."""
+    params = inspect.signature(UNet.__init__).parameters
+    return [p for p in params if p not in {"self", "levels", "in_channels", "num_classes"}]
+
 
 PRESETS: dict[str, Preset] = {
     # Classic UNet with padding, 4 down steps: 31,043,781 params at 5 classes.
-    "unet_base": Preset((Level(64), Level(128), Level(256), Level(512), Level(1024))),
+    "unet_base": Preset(
+        (Level(64), Level(128), Level(256), Level(512), Level(1024)),
+        description="study: classic UNet, 4 down steps, 64..1024 wide, 2 convs per block",
+    ),
     # 3 down steps, wider top: fewer params but the most work at full resolution.
-    "unet_short": Preset((Level(128), Level(128), Level(256), Level(512))),
+    "unet_short": Preset(
+        (Level(128), Level(128), Level(256), Level(512)),
+        description="study: 3 down steps, 128..512 wide, 2 convs per block",
+    ),
     # One level deeper than base and thinner, 1 conv per block: the study's winner.
-    "unet_skinny": Preset(tuple(Level(c, 1) for c in (32, 64, 128, 256, 512, 512, 512))),
+    "unet_skinny": Preset(
+        tuple(Level(c, 1) for c in (32, 64, 128, 256, 512, 512, 512)),
+        description="study: 6 down steps, 32..512 wide, 1 conv per block (fastest study UNet)",
+    ),
     # Skinny with 3 convs in the two full-resolution-most levels ("modified convolution").
     "unet_less_conv": Preset(
-        (Level(32, 3), Level(64, 3)) + tuple(Level(c, 1) for c in (128, 256, 512, 512, 512))
+        (Level(32, 3), Level(64, 3)) + tuple(Level(c, 1) for c in (128, 256, 512, 512, 512)),
+        description="study: skinny with 3 convs in the two top levels",
     ),
     # satunet's own, found with `satunet search` (README: "Finding a faster UNet"). A stride-2
     # stem runs the first level at 1/2 resolution (full-resolution levels dominate the cost),
@@ -68,11 +133,13 @@ PRESETS: dict[str, Preset] = {
     "unet_fast": Preset(
         (Level(32, 1), Level(64, 1), Level(128, 2), Level(256, 2), Level(512, 2)),
         {"upsample": "bilinear", "context": "ppm", "stem_stride": 2},
+        "satunet: stride-2 stem, 32..512 wide, bilinear up, PPM context (<= 12 GMACs)",
     ),
     # unet_fast with UNet v2's semantic and detail infusion (arXiv 2311.17791) in every skip.
     "unet_v2": Preset(
         (Level(32, 1), Level(64, 1), Level(128, 2), Level(256, 2), Level(512, 2)),
         {"upsample": "bilinear", "context": "ppm", "stem_stride": 2, "skip": "sdi"},
+        "satunet: unet_fast with UNet v2 semantic-detail infusion (SDI) skips",
     ),
 }
 
