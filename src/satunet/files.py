@@ -44,7 +44,10 @@ def describe_os_error(error: OSError, path: PathLike) -> str:
     if error.errno == errno.ENOSPC:
         where = path.parent if path.parent.exists() else Path.cwd()
         free_mb = shutil.disk_usage(where).free / 1e6
-        return f"no space left on device while writing {path}: free some space ({free_mb:.0f} MB free at {where}) or choose another --out"
+        return (
+            f"no space left on device while writing {path}: {free_mb:.0f} MB free at {where}; "
+            "free some space or choose another --out"
+        )
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"permission denied writing {path}: choose a folder you can write to"
     return f"could not write {path}: {error.strerror or error}"
@@ -103,7 +106,9 @@ def atomic_write_json(path: PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
-def atomic_save(obj: Any, path: PathLike, save: Callable[[Any, IO[bytes]], None] | None = None) -> None:
+def atomic_save(
+    obj: Any, path: PathLike, save: Callable[[Any, IO[bytes]], None] | None = None
+) -> None:
     """``torch.save`` (or ``save``) atomically; torch is imported only when it is needed."""
     if save is None:
         import torch
@@ -115,7 +120,9 @@ def atomic_save(obj: Any, path: PathLike, save: Callable[[Any, IO[bytes]], None]
     except RuntimeError as e:
         # torch reports a full disk as "enforce fail at inline_container.cc": say it plainly.
         if "inline_container" in str(e) or "file write failed" in str(e):
-            raise OutputError(describe_os_error(OSError(errno.ENOSPC, "No space left"), path)) from e
+            raise OutputError(
+                describe_os_error(OSError(errno.ENOSPC, "No space left"), path)
+            ) from e
         raise
 
 
@@ -144,7 +151,9 @@ def clean_temporaries(folder: PathLike) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def check_output_file(path: PathLike, *, inputs: Iterable[PathLike] = (), what: str = "output") -> Path:
+def check_output_file(
+    path: PathLike, *, inputs: Iterable[PathLike] = (), what: str = "output"
+) -> Path:
     """Refuse an output file path before any work: a folder, an input, or an unwritable place."""
     path = Path(path)
     if path.is_dir():
@@ -153,7 +162,8 @@ def check_output_file(path: PathLike, *, inputs: Iterable[PathLike] = (), what: 
     for source in inputs:
         if Path(source).resolve() == resolved:
             raise OutputError(
-                f"{what} {path} is also an input; writing it would destroy the input: choose another name"
+                f"{what} {path} is also an input; writing it would destroy the input: "
+                "choose another name"
             )
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
@@ -161,11 +171,16 @@ def check_output_file(path: PathLike, *, inputs: Iterable[PathLike] = (), what: 
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"cannot write {what} {path}: {parent} is a file, not a folder")
     if parent.exists() and not os.access(parent, os.W_OK):
-        raise OutputError(f"permission denied: cannot write {what} under {parent}; choose a folder you can write to")
+        raise OutputError(
+            f"permission denied: cannot write {what} under {parent}; "
+            "choose a folder you can write to"
+        )
     return path
 
 
-def check_output_dir(path: PathLike, *, inputs: Iterable[PathLike] = (), what: str = "output folder") -> Path:
+def check_output_dir(
+    path: PathLike, *, inputs: Iterable[PathLike] = (), what: str = "output folder"
+) -> Path:
     """Refuse an output folder before any work: an existing file, or a folder holding an input."""
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -184,5 +199,7 @@ def check_output_dir(path: PathLike, *, inputs: Iterable[PathLike] = (), what: s
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"cannot create {what} {path}: {parent} is a file, not a folder")
     if parent.exists() and not os.access(parent, os.W_OK):
-        raise OutputError(f"permission denied: cannot write {what} {path}; choose a folder you can write to")
+        raise OutputError(
+            f"permission denied: cannot write {what} {path}; choose a folder you can write to"
+        )
     return path

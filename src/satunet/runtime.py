@@ -84,7 +84,9 @@ def autocast_context(
 
 
 @contextlib.contextmanager
-def inference_context(device: str | torch.device = "cpu", precision: str = "fp32") -> Iterator[None]:
+def inference_context(
+    device: str | torch.device = "cpu", precision: str = "fp32"
+) -> Iterator[None]:
     """``torch.inference_mode`` plus the autocast region of ``precision``."""
     with torch.inference_mode(), autocast_context(device, precision):
         yield

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import datetime
+import errno
 import importlib
 import logging
+import os
 import pkgutil
 import sys
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from satunet import __version__
 from satunet.errors import SatunetError
@@ -52,3 +57,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"satunet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT):
+            where = f" ({e.filename})" if e.filename else ""
+            print(f"satunet {args.command}: error: {e.strerror}{where}", file=sys.stderr)
+            return 2
+        return _report_bug(args, e)
+    except Exception as e:  # the error boundary: anything else is a satunet bug
+        return _report_bug(args, e)
+
+
+def _report_bug(args: argparse.Namespace, error: BaseException) -> int:
+    """One line on screen naming the command and its input; the traceback goes to a log file."""
+    log_path = _bug_log_path(args)
+    text = "".join(traceback.format_exception(error))
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(f"satunet {' '.join(sys.argv[1:])}\n{text}\n")
+        where = f"the traceback is in {log_path}"
+    except OSError:
+        where = "the traceback could not be saved"
+    subject = _input_of(args)
+    print(
+        f"satunet {args.command}: internal error ({type(error).__name__}: {error}) while "
+        f"processing {subject}. This is a bug in satunet: {where}; please report it with "
+        "that file.",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _input_of(args: argparse.Namespace) -> str:
+    for key in ("checkpoint", "inputs", "config", "root", "resume", "dataset", "models"):
+        value = getattr(args, key, None)
+        if value:
+            return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return "the command line"
+
+
+def _bug_log_path(args: argparse.Namespace) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"satunet-error-{stamp}-{os.getpid()}.log"
+    out = getattr(args, "out", None)
+    if out:
+        out = Path(out)
+        folder = out if out.is_dir() or not out.suffix else out.parent
+        return folder / name
+    return Path.cwd() / name
