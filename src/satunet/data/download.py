@@ -76,8 +76,6 @@ def download_url(
     ``progress=None`` shows a bar only on a terminal. Returns ``path``. An existing ``path``
     with the right md5 is not downloaded again.
     """
-    from tqdm.auto import tqdm
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file():
@@ -105,49 +103,55 @@ def download_url(
             f"cannot reach {url}: {e}. Check your connection, or download the file by hand "
             f"to {path}."
         ) from e
-    digest = hashlib.md5()
-    if response is not None:
-        with response:
-            if offset and response.status != 206:
-                log.info("%s ignores Range requests: downloading %s from the start", url, path.name)
-                offset = 0
-            if offset:
-                log.info("resuming %s at byte %d", path.name, offset)
-                digest = _md5_of(part)
-            length = response.headers.get("Content-Length")
-            total = offset + int(length) if length is not None else None
-            with (
-                open(part, "ab" if offset else "wb") as f,
-                tqdm(
-                    total=total,
-                    initial=offset,
-                    unit="B",
-                    unit_scale=True,
-                    desc=path.name,
-                    disable=None if progress is None else not progress,
-                ) as bar,
-            ):
-                interrupted = False
-                try:
-                    for chunk in iter(lambda: response.read(CHUNK), b""):
-                        f.write(chunk)
-                        digest.update(chunk)
-                        bar.update(len(chunk))
-                except (OSError, http.client.HTTPException) as e:
-                    log.debug("download of %s interrupted: %r", url, e)
-                    interrupted = True
-            if interrupted or (total is not None and part.stat().st_size < total):
-                raise DatasetNotFoundError(
-                    f"download of {url} stopped at {part.stat().st_size} of {total or '?'} "
-                    f"bytes; run the same command again to resume from {part}."
-                )
-    else:
+    if response is None:
         digest = _md5_of(part)
+    else:
+        with response:
+            digest = _stream_to(response, part, offset, url, progress)
     os.replace(part, path)
     actual = digest.hexdigest()
     if md5 is not None and actual != md5:
         raise _keep_aside(path, md5, actual)
     return path
+
+
+def _stream_to(response, part: Path, offset: int, url: str, progress: bool | None):  # noqa: ANN001, ANN202
+    """Append the response body to ``part`` (from ``offset``); returns the md5 of the whole file."""
+    from tqdm.auto import tqdm
+
+    digest = hashlib.md5()
+    if offset and response.status != 206:
+        log.info("%s ignores Range requests: downloading %s from the start", url, part.name)
+        offset = 0
+    if offset:
+        log.info("resuming %s at byte %d", part.name, offset)
+        digest = _md5_of(part)
+    length = response.headers.get("Content-Length")
+    total = offset + int(length) if length is not None else None
+    bar = tqdm(
+        total=total,
+        initial=offset,
+        unit="B",
+        unit_scale=True,
+        desc=part.name.removesuffix(".part"),
+        disable=None if progress is None else not progress,
+    )
+    interrupted = False
+    with open(part, "ab" if offset else "wb") as f, bar:
+        try:
+            for chunk in iter(lambda: response.read(CHUNK), b""):
+                f.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+        except (OSError, http.client.HTTPException) as e:
+            log.debug("download of %s interrupted: %r", url, e)
+            interrupted = True
+    if interrupted or (total is not None and part.stat().st_size < total):
+        raise DatasetNotFoundError(
+            f"download of {url} stopped at {part.stat().st_size} of {total or '?'} "
+            f"bytes; run the same command again to resume from {part}."
+        )
+    return digest
 
 
 def _check_members(archive: Path, names: Iterable[zipfile.ZipInfo], dest: Path) -> None:

@@ -173,6 +173,48 @@ def _choice(name: str, value: object, literal: object) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
+def option_defaults() -> dict[str, Any]:
+    """UNet's option defaults, read from its signature (the one place they are written)."""
+    params = inspect.signature(UNet.__init__).parameters
+    return {name: params[name].default for name in unet_option_names()}
+
+
+def _check_design(
+    levels: tuple[Level, ...], in_channels: int, num_classes: int, options: dict[str, Any]
+) -> None:
+    if len(levels) < 2:
+        raise ValueError(f"a UNet needs at least 2 levels (one down step), got {len(levels)}")
+    if in_channels < 1 or num_classes < 1:
+        raise ValueError(
+            f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}"
+        )
+    for name, literal in (("upsample", Upsample), ("conv", Conv), ("skip", Skip),
+                          ("context", Context)):  # fmt: skip
+        _choice(name, options[name], literal)
+    if options["stem_stride"] not in (1, 2, 4):
+        raise ValueError(f"stem_stride must be 1, 2 or 4, got {options['stem_stride']!r}")
+    groups = options["groups"]
+    if groups < 1 or any(lv.channels % groups for lv in levels):
+        raise ValueError(
+            f"groups={groups} must divide every level's width "
+            f"{[lv.channels for lv in levels]}; pick widths that are multiples of it"
+        )
+    if options["skip"] == "sdi" and options["sdi_channels"] is not None:
+        if options["sdi_channels"] < 1:
+            raise ValueError(f"sdi_channels must be >= 1, got {options['sdi_channels']}")
+
+
+def _stem(in_channels: int, width: int, stride: int) -> nn.Sequential:
+    """Strided 3x3 conv + BN + ReLU steps that take the input to 1/stride resolution."""
+    steps = [in_channels] + [width] * (stride.bit_length() - 1)
+    return nn.Sequential(
+        *(
+            nn.Sequential(nn.Conv2d(a, b, 3, stride=2, padding=1), nn.BatchNorm2d(b), nn.ReLU())
+            for a, b in zip(steps[:-1], steps[1:], strict=True)
+        )
+    )
+
+
 class UNet(nn.Module):
     """UNet built from a tuple of :class:`Level` (shallowest first, bottleneck last) and options.
 
@@ -213,28 +255,10 @@ class UNet(nn.Module):
     ):
         super().__init__()
         levels = tuple(lv if isinstance(lv, Level) else Level(*lv) for lv in levels)
-        if len(levels) < 2:
-            raise ValueError(f"a UNet needs at least 2 levels (one down step), got {len(levels)}")
-        if in_channels < 1 or num_classes < 1:
-            raise ValueError(
-                f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}"
-            )
-        for name, value, literal in (
-            ("upsample", upsample, Upsample),
-            ("conv", conv, Conv),
-            ("skip", skip, Skip),
-            ("context", context, Context),
-        ):
-            _choice(name, value, literal)
-        if stem_stride not in (1, 2, 4):
-            raise ValueError(f"stem_stride must be 1, 2 or 4, got {stem_stride!r}")
-        if groups < 1 or any(lv.channels % groups for lv in levels):
-            raise ValueError(
-                f"groups={groups} must divide every level's width "
-                f"{[lv.channels for lv in levels]}; pick widths that are multiples of it"
-            )
-        if skip == "sdi" and sdi_channels is not None and sdi_channels < 1:
-            raise ValueError(f"sdi_channels must be >= 1, got {sdi_channels}")
+        given = {"upsample": upsample, "conv": conv, "groups": groups, "residual": residual,
+                 "skip": skip, "sdi_channels": sdi_channels, "context": context,
+                 "stem_stride": stem_stride}  # fmt: skip
+        _check_design(levels, in_channels, num_classes, given)
         self.levels = levels
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -243,37 +267,14 @@ class UNet(nn.Module):
         block: dict[str, Any] = {}
         if conv != "standard" or groups != 1 or residual:  # keep the study's tree unchanged
             block = {"conv": conv, "groups": groups, "residual": residual}
-
         # Only options that differ from the study's defaults, so presets and files stay short.
-        defaults = {
-            "upsample": "transpose",
-            "conv": "standard",
-            "groups": 1,
-            "residual": False,
-            "skip": "concat",
-            "sdi_channels": None,
-            "context": "none",
-            "stem_stride": 1,
-        }
-        given = {"upsample": upsample, "conv": conv, "groups": groups, "residual": residual,
-                 "skip": skip, "sdi_channels": sdi_channels, "context": context,
-                 "stem_stride": stem_stride}  # fmt: skip
+        defaults = option_defaults()
         self.options = {k: v for k, v in given.items() if v != defaults[k]}
-        self.stem: nn.Module | None = None
         self.context: nn.Module | None = None
         self.sdi: SDI | None = None
 
         c0 = levels[0].channels
-        if stem_stride > 1:
-            steps = [in_channels] + [c0] * (stem_stride.bit_length() - 1)
-            self.stem = nn.Sequential(
-                *(
-                    nn.Sequential(
-                        nn.Conv2d(a, b, 3, stride=2, padding=1), nn.BatchNorm2d(b), nn.ReLU()
-                    )
-                    for a, b in zip(steps[:-1], steps[1:], strict=True)
-                )
-            )
+        self.stem = _stem(in_channels, c0, stem_stride) if stem_stride > 1 else None
         widths = [c0 if stem_stride > 1 else in_channels] + [lv.channels for lv in levels]
         self.encoder = nn.ModuleList(
             Down(widths[i], lv.channels, lv.convs, **block) for i, lv in enumerate(levels[:-1])
