@@ -168,3 +168,20 @@ def test_cli_evaluate_truncated_or_foreign_checkpoint(tiny_run, tmp_path: Path, 
     torch.save({"state_dict": {}}, foreign)
     assert main(["evaluate", str(foreign)]) == 2
     assert "not a satunet checkpoint" in capsys.readouterr().err
+
+
+def test_predict_logits_pads_by_the_one_rule_of_data_pixels():
+    from satunet.data.pixels import pad_to_multiple
+    from satunet.evaluate import predict_logits
+
+    class Recorder(nn.Module):
+        size_multiple = 8
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen = x
+            return x
+
+    model, x = Recorder(), torch.rand(1, 3, 5, 13)
+    out = predict_logits(model, x)
+    assert torch.equal(model.seen, pad_to_multiple(x, 8)) and model.seen.shape[-2:] == (8, 16)
+    assert torch.equal(out, x)  # cropped back to the input size

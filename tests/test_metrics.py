@@ -170,3 +170,24 @@ def test_cuda_inputs_give_the_same_scores():
     assert cm.matrix.is_cuda
     assert cm.miou() == pytest.approx((0.75 + 0.8) / 2)
     assert study.miou() == pytest.approx(1.25 / 3)
+
+
+def test_scores_come_from_the_counts_and_round_trip_through_strict_json():
+    import json
+
+    import satunet.evaluate
+    from satunet.metrics import Scores
+
+    assert satunet.evaluate.Scores is Scores  # the old import path still works
+    target = torch.tensor([[[0, 0], [1, 255]]])
+    pred = torch.tensor([[[0, 1], [1, 0]]])
+    matrix, study = ConfusionMatrix(3, ignore_index=255), StudyImageIoU(3, ignore_index=255)
+    matrix.update(pred, target)
+    study.update(pred, target)
+    scores = Scores.from_counts(matrix, study, classes=["a", "b", "c"], loss=0.5, num_samples=1)
+    assert scores.iou[:2] == [0.5, 0.5] and math.isnan(scores.iou[2])
+    assert scores.ignore_index == 255 and scores.loss == 0.5 and scores.miou == 0.5
+    raw = json.loads(json.dumps(scores.as_dict(), allow_nan=False))  # nan became null
+    assert raw["iou"][2] is None
+    back = Scores.from_dict(raw)
+    assert back.iou[:2] == scores.iou[:2] and math.isnan(back.iou[2]) and back.loss == 0.5

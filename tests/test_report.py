@@ -5,12 +5,14 @@ import math
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
-from satunet.evaluate import Scores
+from satunet.evaluate import predict_samples
+from satunet.files import atomic_write_text
+from satunet.metrics import Scores
 from satunet.models import Level, UNet
 from satunet.report import (
-    atomic_write_text,
     colorize,
     markdown_table,
     plot_curves,
@@ -99,9 +101,12 @@ def test_plot_predictions_draws_image_prediction_truth(tmp_path: Path):
     data = [
         {"image": torch.rand(3, 16, 16), "mask": torch.randint(0, 3, (16, 16))} for _ in range(2)
     ]
+    images, masks, preds = predict_samples(model, data, count=4)
+    assert len(images) == 2 and preds[0].shape == (16, 16) and images[0].shape == (3, 16, 16)
     plot_predictions(
-        model,
-        data,
+        images,
+        masks,
+        preds,
         tmp_path / "predictions.png",
         classes=["a", "b", "c"],
         palette=[(255, 0, 0), (0, 255, 0), (0, 0, 255)],
@@ -109,4 +114,16 @@ def test_plot_predictions_draws_image_prediction_truth(tmp_path: Path):
         ignore_index=255,
     )
     assert (tmp_path / "predictions.png").read_bytes().startswith(PNG)
-    assert model.training  # restored after drawing
+    assert model.training  # restored after predicting
+
+
+def test_report_draws_from_arrays_and_never_imports_an_engine():
+    import ast
+
+    import satunet.report
+
+    tree = ast.parse(Path(satunet.report.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not {m for m in imported if m and m.startswith(("satunet.evaluate", "satunet.train"))}
+    with pytest.raises(ValueError, match="one mask and prediction per image"):
+        plot_predictions([torch.zeros(3, 4, 4)], [], [], Path("unused.png"), classes=["a"])

@@ -24,12 +24,12 @@ from satunet.losses import create_loss
 from satunet.models import Level, UNet
 from satunet.train import (
     ModelInfo,
-    _train_epoch,
     check_resume,
     fit,
     make_loaders,
     resolve_device,
     split_by_group,
+    train_epoch,
 )
 
 PRESETS = """
@@ -113,15 +113,19 @@ class Patterns(Dataset):
         return {"image": image, "mask": mask}
 
 
-def info(num_classes: int = 3, name: str = "unet_tiny", **config) -> ModelInfo:
+def info(num_classes: int = 3, name: str = "unet_tiny") -> ModelInfo:
     return ModelInfo(
-        model_name=name,
-        model_options={},
+        name=name,
         in_channels=num_classes,
         num_classes=num_classes,
-        classes=[f"c{i}" for i in range(num_classes)],
-        config={"model": {"name": name}, "data": {"name": "patterns"}, "train": config},
+        classes=tuple(f"c{i}" for i in range(num_classes)),
+        scale=255.0,
     )
+
+
+def run_config(name: str = "unet_tiny", data: str = "patterns") -> dict:
+    """The RunConfig.to_dict() a run records, reduced to what resume compares."""
+    return {"model": {"name": name}, "data": {"name": data}, "train": {}}
 
 
 def test_split_by_group_keeps_images_together_and_is_seeded():
@@ -173,7 +177,7 @@ def test_accumulation_averages_and_handles_a_partial_last_window():
         torch.manual_seed(0)
         model = nn.Conv2d(3, 3, 3, padding=1)
         sgd = torch.optim.SGD(model.parameters(), lr=1.0)
-        _train_epoch(
+        train_epoch(
             model,
             DataLoader(data, batch_size=micro),
             loss_fn,
@@ -204,6 +208,7 @@ def test_resume_continues_with_identical_state(tmp_path: Path):
         train_loader, val_loader = make_loaders(data, data, cfg, torch.device("cpu"))
         loss = create_loss("jaccard", num_classes=3)
         args = dict(loss_fn=loss, info=info(), run_dir=run_dir, config=cfg, progress=False)
+        args["run_config"] = run_config()
         fit(model, train_loader, val_loader, resume=resume, **args)
         return read_checkpoint(run_dir / "last.pt")
 
@@ -227,16 +232,24 @@ def test_resume_with_another_model_or_dataset_is_refused(tmp_path: Path):
     model = UNet((Level(4, 1), Level(8, 1)), in_channels=3, num_classes=3)
     cfg = TrainConfig(epochs=1, batch_size=2, device="cpu")
     loss = create_loss("ce", num_classes=3)
-    fit(model, loader, loader, loss_fn=loss, info=info(), run_dir=tmp_path, config=cfg)
+    fit(
+        model,
+        loader,
+        loader,
+        loss_fn=loss,
+        info=info(),
+        run_dir=tmp_path,
+        config=cfg,
+        run_config=run_config(),
+    )
     ckpt = read_checkpoint(tmp_path / "last.pt")
-    check_resume(ckpt, info(), tmp_path / "last.pt")  # same setup: fine
-    other = info(name="unet_other")
-    other.config["data"]["name"] = "loveda"
-    other.num_classes = 4
+    assert ckpt["scale"] == 255.0 and ckpt["config"] == run_config()
+    check_resume(ckpt, info(), tmp_path / "last.pt", run_config())  # same setup: fine
+    other = info(name="unet_other").replace(num_classes=4)
     with pytest.raises(CheckpointError) as err:
-        check_resume(ckpt, other, tmp_path / "last.pt")
+        check_resume(ckpt, other, tmp_path / "last.pt", run_config("unet_other", "loveda"))
     message = str(err.value)
-    assert "model_name: 'unet_tiny' in the run, 'unet_other' now" in message
+    assert "model: 'unet_tiny' in the run, 'unet_other' now" in message
     assert "num_classes: 3 in the run, 4 now" in message
     assert "data.name: 'patterns' in the run, 'loveda' now" in message
     with pytest.raises(CheckpointError, match="no training state"):
@@ -274,10 +287,67 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good(tmp_path: Path
             config=cfg,
         )
     message = str(err.value)
-    assert "epoch 2, step 2/2" in message and "learning rate" in message and "bf16" in message
+    assert "loss became NaN/inf at epoch 2, step 2/2" in message
+    assert "learning rate" in message and "bf16" in message
     assert str(tmp_path / "last.pt") in message
     assert read_checkpoint(tmp_path / "last.pt")["epoch"] == 1
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+class NaNPixel(Dataset):
+    """Patterns whose first image holds a NaN pixel (a corrupt float TIFF)."""
+
+    def __init__(self) -> None:
+        self.inner = Patterns(n=2, size=8)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        sample = self.inner[i]
+        if i == 1:
+            sample["image"][0, 0, 0] = float("nan")
+        return sample
+
+
+@pytest.mark.parametrize(
+    ("data", "change", "phrase"),
+    [
+        (Patterns(n=2, size=8), {"lr": math.inf}, "weights became NaN/inf after the optimizer"),
+        (Patterns(n=2, size=8), {"grad_clip": math.nan}, "gradients became NaN/inf"),
+        (NaNPixel(), {}, "the input images hold NaN/inf pixels"),
+    ],
+    ids=["lr-inf", "grad-clip-nan", "nan-pixel"],
+)
+def test_divergence_stops_naming_epoch_step_and_cause_and_saves_nothing(
+    data: Dataset, change: dict, phrase: str, tmp_path: Path
+):
+    """Issue 11: a diverged run is never saved as best.pt; the error says where and why."""
+    loader = DataLoader(data, batch_size=1)  # 2 steps per epoch
+    model = UNet((Level(4, 1), Level(8, 1)), in_channels=3, num_classes=3)
+    cfg = TrainConfig(epochs=2, batch_size=1, device="cpu", **change)
+    loss = create_loss("jaccard", num_classes=3)
+    with pytest.raises(TrainingError) as err:
+        fit(model, loader, loader, loss_fn=loss, info=info(), run_dir=tmp_path, config=cfg)
+    message = str(err.value)
+    step = 2 if isinstance(data, NaNPixel) else 1
+    assert f"{phrase}" in message and f"at epoch 1, step {step}/2" in message, message
+    assert "learning rate" in message and "no checkpoint yet" in message
+    assert not (tmp_path / "best.pt").exists() and not (tmp_path / "last.pt").exists()
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path: Path):
+    from satunet.train.rundir import nonfinite_parameters, save_epoch
+    from satunet.train.state import TrainState
+
+    model = UNet((Level(4, 1), Level(8, 1)), in_channels=3, num_classes=3)
+    assert nonfinite_parameters(model) == []
+    with torch.no_grad():
+        next(model.parameters())[0] = math.inf
+    state = TrainState(epoch=3, history=[{"epoch": 3}])
+    with pytest.raises(TrainingError, match="weights became NaN/inf by the end of epoch 3"):
+        save_epoch(tmp_path, model, info(), state, is_best=True, run_config=None, training={})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_devices_and_precisions_are_checked():
@@ -336,6 +406,18 @@ def test_cli_train_then_evaluate_end_to_end(
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--model", "unet_base"]) == 2
     assert "model.name: " in capsys.readouterr().err
+    # Resuming a finished run trains nothing and says how to train longer (issue 11).
+    mtime = (run / "last.pt").stat().st_mtime_ns
+    assert main(["train", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "nothing trained" in out and "2 of train.epochs=2" in out
+    assert "--set train.epochs=" in out and (run / "last.pt").stat().st_mtime_ns == mtime
+    # Without last.pt the finished run's files are still refused, never overwritten.
+    (run / "last.pt").unlink()
+    assert main(train_args(loveda_root, presets, "--epochs", "2", "--out", str(run))) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run (best.pt, metrics.jsonl, scores.json, config.toml)" in err
+    assert "--resume" in err and "new --out" in err
 
 
 def test_cli_bad_crop_and_missing_resume(
@@ -431,3 +513,27 @@ def test_mixed_precision_epoch_on_cuda(precision: str, tmp_path: Path):
     assert all(math.isfinite(r["train_loss"]) for r in state.history)
     if precision == "fp16":
         assert read_checkpoint(tmp_path / "last.pt")["scaler"]["scale"] > 0
+
+
+def test_checkpoints_record_the_datasets_pixel_scale():
+    """A model trained on ImageMaskFolder(scale=10000) must tell predict to divide by 10000."""
+    from types import SimpleNamespace
+
+    from satunet.config import RunConfig
+    from satunet.train import model_info
+    from satunet.train.rundir import checkpoint_kwargs
+
+    data = SimpleNamespace(
+        in_channels=4,
+        num_classes=2,
+        classes=["bg", "field"],
+        ignore_index=None,
+        scale=10000,
+        palette=[[0, 0, 0], [255, 255, 0]],
+    )
+    model = UNet((Level(4, 1), Level(8, 1)), in_channels=4, num_classes=2)
+    info = model_info(RunConfig(), data, model)
+    assert info.scale == 10000.0 and info.size_multiple == model.size_multiple
+    kwargs = checkpoint_kwargs(info)
+    assert kwargs["scale"] == 10000.0 and kwargs["palette"] == [[0, 0, 0], [255, 255, 0]]
+    assert kwargs["model_name"] == "unet_skinny" and "model_spec" not in kwargs

@@ -3,97 +3,35 @@
 from __future__ import annotations
 
 import logging
-import math
-import os
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
 
+from satunet.checkpoint import load_checkpoint
+from satunet.config import DataConfig, config_from_dict
+from satunet.data import create_dataset
+from satunet.data.pixels import pad_to_multiple
+from satunet.data.splits import dataset_kwargs, split_by_group
+from satunet.data.transforms import eval_transforms
 from satunet.errors import CheckpointError, ConfigError
+from satunet.files import PathLike
+from satunet.metrics import ConfusionMatrix, Scores, StudyImageIoU
+from satunet.runtime import all_sum, autocast_context, resolve_device
+
+__all__ = [
+    "Scores",
+    "autocast_context",
+    "evaluate",
+    "evaluate_checkpoint",
+    "predict_logits",
+    "predict_samples",
+]
 
 log = logging.getLogger(__name__)
-
-PathLike = str | os.PathLike[str]
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class Scores:
-    """Scores of one model on one split.
-
-    ``miou``, ``iou``, ``f1``, ``micro_iou`` and ``pixel_accuracy`` are the standard scores from
-    one confusion matrix over every pixel (comparable with published results); ``study_miou``
-    and ``study_iou`` are the study's per-image metric (seed spec section 6), kept to reproduce
-    its tables, not to compare. Per-class values are nan (None in JSON) where undefined.
-    """
-
-    classes: list[str]
-    miou: float
-    iou: list[float]
-    f1: list[float]
-    micro_iou: float
-    pixel_accuracy: float
-    study_miou: float
-    study_iou: list[float]
-    loss: float | None = None
-    num_samples: int = 0
-    ignore_index: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain dict with nan written as None, ready for strict JSON."""
-        return _none_for_nan(asdict(self))
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Scores:
-        """Inverse of :meth:`as_dict` (None back to nan)."""
-        known = {f for f in cls.__dataclass_fields__}
-        values = {k: _nan_for_none(v) for k, v in raw.items() if k in known}
-        for key in ("loss", "ignore_index"):
-            if key in raw:
-                values[key] = raw[key]
-        return cls(**values)
-
-
-def _none_for_nan(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list):
-        return [_none_for_nan(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _none_for_nan(v) for k, v in value.items()}
-    return value
-
-
-def _nan_for_none(value: Any) -> Any:
-    if value is None:
-        return math.nan
-    if isinstance(value, list):
-        return [_nan_for_none(v) for v in value]
-    return value
-
-
-def autocast_context(device: torch.device, precision: str) -> AbstractContextManager:
-    """Mixed-precision context for ``precision`` (fp32: none; bf16 on CPU/CUDA; fp16 on CUDA)."""
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=_DTYPES[precision])
-
-
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
-    """Pad H and W up to ``multiple`` (reflected, or replicated when too small to reflect)."""
-    h, w = x.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return x, h, w
 
 
 @torch.no_grad()
@@ -102,7 +40,8 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits (B, C, H, W) in fp32 for any input size: padded up to the model's size multiple
     and cropped back, so validation and test tiles need not fit the architecture."""
-    x, h, w = _pad_to_multiple(x, getattr(model, "size_multiple", 1))
+    h, w = x.shape[-2:]
+    x = pad_to_multiple(x, getattr(model, "size_multiple", 1))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast_context(x.device, precision):
@@ -130,11 +69,6 @@ def evaluate(
         loss_fn: if given, also the mean loss per sample (the validation loss of training).
         progress: show a progress bar (hidden when stderr is not a terminal).
     """
-    from tqdm.auto import tqdm
-
-    from satunet.metrics import ConfusionMatrix, StudyImageIoU
-    from satunet.train import _all_sum
-
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -154,21 +88,41 @@ def evaluate(
     model.train(was_training)
     matrix.all_reduce()
     study.all_reduce()
-    loss_sum, seen_all = _all_sum([loss_sum, seen], device)
-    standard, theirs = matrix.compute(), study.compute()
-    return Scores(
-        classes=list(classes) if classes is not None else [str(i) for i in range(num_classes)],
-        miou=standard["miou"],
-        iou=standard["iou"],
-        f1=standard["f1"],
-        micro_iou=standard["micro_iou"],
-        pixel_accuracy=standard["pixel_accuracy"],
-        study_miou=theirs["study_miou"],
-        study_iou=theirs["study_iou"],
+    loss_sum, seen_all = all_sum([loss_sum, seen], device)
+    return Scores.from_counts(
+        matrix,
+        study,
+        classes=classes,
         loss=loss_sum / seen_all if loss_fn is not None and seen_all else None,
         num_samples=int(seen_all),
-        ignore_index=ignore_index,
     )
+
+
+@torch.no_grad()
+def predict_samples(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    count: int = 4,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """(images, masks, predicted class ids) of the first ``count`` samples, as numpy arrays.
+
+    What :func:`satunet.report.plot_predictions` draws; the model's train/eval mode is restored.
+    """
+    was_training = model.training
+    model.eval()
+    images, masks, preds = [], [], []
+    for i in range(min(count, len(dataset))):
+        sample = dataset[i]
+        x = sample["image"].unsqueeze(0).to(device)
+        pred = predict_logits(model, x, precision=precision).argmax(1)[0]
+        images.append(sample["image"].float().cpu().numpy())
+        masks.append(sample["mask"].cpu().numpy())
+        preds.append(pred.cpu().numpy())
+    model.train(was_training)
+    return images, masks, preds
 
 
 def evaluate_checkpoint(
@@ -196,55 +150,13 @@ def evaluate_checkpoint(
     such as the shared LoveDA tiles ship no validation split; pass ``val_fraction=0`` to use the
     dataset's own val split instead.
     """
-    from torch.utils.data import Subset
-
-    from satunet.checkpoint import load_checkpoint
-    from satunet.config import DataConfig, config_from_dict
-    from satunet.data import create_dataset
-    from satunet.data.transforms import eval_transforms
-    from satunet.train import dataset_kwargs, resolve_device, split_by_group
-
     dev = resolve_device(device, precision)
     model, state = load_checkpoint(checkpoint, map_location=dev)
     cfg = config_from_dict(state["config"]) if state.get("config") else None
-    trained = cfg.data if cfg is not None else DataConfig()
-    same_data = cfg is not None and data in (None, trained.name)
-    d = DataConfig(
-        name=data or trained.name,
-        root=str(root) if root is not None else (trained.root if same_data else ""),
-        scene=scene if scene is not None else (trained.scene if same_data else None),
-        train_split=trained.train_split,
-        options=dict(options if options is not None else trained.options if same_data else {}),
+    d, val_fraction, seed = _data_setting(
+        cfg, checkpoint, data, root, split, scene, options, val_fraction, seed
     )
-    if not d.root:
-        raise ConfigError(f"give the dataset root (--root); {checkpoint} does not record one")
-    if val_fraction is None:
-        val_fraction = trained.val_fraction if same_data and split == trained.val_split else 0.0
-    if seed is None:
-        seed = cfg.train.seed if cfg is not None else 0
-    transforms = eval_transforms(state.get("normalization"))
-    kwargs = dataset_kwargs(d)
-    if val_fraction > 0:
-        base = create_dataset(d.name, d.root, split=d.train_split, transforms=transforms, **kwargs)
-        _, val_idx = split_by_group(base.groups, val_fraction, seed)
-        dataset: Any = Subset(base, val_idx)
-        where = f"{split} = {val_fraction:g} of {d.train_split} by source image, seed {seed}"
-    else:
-        base = dataset = create_dataset(
-            d.name, d.root, split=split, transforms=transforms, **kwargs
-        )
-        where = split
-    if not getattr(base, "labeled", True):
-        raise ConfigError(
-            f"the {split} split of {d.name} at {d.root} has no masks to score against (LoveDA "
-            "withholds its test labels); evaluate on val, or use `satunet predict` for maps"
-        )
-    if base.num_classes != state["num_classes"]:
-        raise CheckpointError(
-            f"{checkpoint} predicts {state['num_classes']} classes but {d.name} at {d.root} has "
-            f"{base.num_classes} ({', '.join(base.classes)}); evaluate it on the dataset (and "
-            "labels setting) it was trained for"
-        )
+    dataset, base, where = _scored_dataset(d, split, val_fraction, seed, state, checkpoint)
     loader = DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda"
     )
@@ -270,3 +182,68 @@ def evaluate_checkpoint(
         "precision": precision,
     }
     return scores
+
+
+def _data_setting(
+    cfg: Any,
+    checkpoint: PathLike,
+    data: str | None,
+    root: PathLike | None,
+    split: str,
+    scene: str | None,
+    options: dict[str, Any] | None,
+    val_fraction: float | None,
+    seed: int | None,
+) -> tuple[DataConfig, float, int]:
+    """The dataset to score on: what was asked, else what the checkpoint was trained with."""
+    trained = cfg.data if cfg is not None else DataConfig()
+    same_data = cfg is not None and data in (None, trained.name)
+    d = DataConfig(
+        name=data or trained.name,
+        root=str(root) if root is not None else (trained.root if same_data else ""),
+        scene=scene if scene is not None else (trained.scene if same_data else None),
+        train_split=trained.train_split,
+        options=dict(options if options is not None else trained.options if same_data else {}),
+    )
+    if not d.root:
+        raise ConfigError(f"give the dataset root (--root); {checkpoint} does not record one")
+    if val_fraction is None:
+        val_fraction = trained.val_fraction if same_data and split == trained.val_split else 0.0
+    if seed is None:
+        seed = cfg.train.seed if cfg is not None else 0
+    return d, val_fraction, seed
+
+
+def _scored_dataset(
+    d: DataConfig,
+    split: str,
+    val_fraction: float,
+    seed: int,
+    state: dict[str, Any],
+    checkpoint: PathLike,
+) -> tuple[Any, Any, str]:
+    """(dataset to score, the dataset it comes from, a description of the split), checked."""
+    transforms = eval_transforms(state.get("normalization"))
+    kwargs = dataset_kwargs(d)
+    if val_fraction > 0:
+        base = create_dataset(d.name, d.root, split=d.train_split, transforms=transforms, **kwargs)
+        _, val_idx = split_by_group(base.groups, val_fraction, seed)
+        dataset: Any = Subset(base, val_idx)
+        where = f"{split} = {val_fraction:g} of {d.train_split} by source image, seed {seed}"
+    else:
+        base = dataset = create_dataset(
+            d.name, d.root, split=split, transforms=transforms, **kwargs
+        )
+        where = split
+    if not getattr(base, "labeled", True):
+        raise ConfigError(
+            f"the {split} split of {d.name} at {d.root} has no masks to score against (LoveDA "
+            "withholds its test labels); evaluate on val, or use `satunet predict` for maps"
+        )
+    if base.num_classes != state["num_classes"]:
+        raise CheckpointError(
+            f"{checkpoint} predicts {state['num_classes']} classes but {d.name} at {d.root} has "
+            f"{base.num_classes} ({', '.join(base.classes)}); evaluate it on the dataset (and "
+            "labels setting) it was trained for"
+        )
+    return dataset, base, where

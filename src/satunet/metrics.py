@@ -6,14 +6,92 @@ depend on batch size, and both sum their counts across processes under DDP.
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from satunet.errors import DataError
+from satunet.files import jsonable
+from satunet.runtime import is_distributed
 
 # The study divides each class's summed per-image IoU by (count + 1e-10) (seed spec section 6).
 _STUDY_EPS = 1e-10
+
+
+@dataclass
+class Scores:
+    """Scores of one model on one split.
+
+    ``miou``, ``iou``, ``f1``, ``micro_iou`` and ``pixel_accuracy`` are the standard scores from
+    one confusion matrix over every pixel (comparable with published results); ``study_miou``
+    and ``study_iou`` are the study's per-image metric (seed spec section 6), kept to reproduce
+    its tables, not to compare. Per-class values are nan (None in JSON) where undefined.
+    """
+
+    classes: list[str]
+    miou: float
+    iou: list[float]
+    f1: list[float]
+    micro_iou: float
+    pixel_accuracy: float
+    study_miou: float
+    study_iou: list[float]
+    loss: float | None = None
+    num_samples: int = 0
+    ignore_index: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict with nan written as None, ready for strict JSON."""
+        return jsonable(asdict(self))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Scores:
+        """Inverse of :meth:`as_dict` (None back to nan)."""
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: _nan_for_none(v) for k, v in raw.items() if k in known}
+        for key in ("loss", "ignore_index"):
+            if key in raw:
+                values[key] = raw[key]
+        return cls(**values)
+
+    @classmethod
+    def from_counts(
+        cls,
+        matrix: ConfusionMatrix,
+        study: StudyImageIoU,
+        *,
+        classes: list[str] | None = None,
+        loss: float | None = None,
+        num_samples: int = 0,
+    ) -> Scores:
+        """The scores of a filled (and all-reduced) confusion matrix and study metric."""
+        standard, theirs = matrix.compute(), study.compute()
+        n = matrix.num_classes
+        return cls(
+            classes=list(classes) if classes is not None else [str(i) for i in range(n)],
+            miou=standard["miou"],
+            iou=standard["iou"],
+            f1=standard["f1"],
+            micro_iou=standard["micro_iou"],
+            pixel_accuracy=standard["pixel_accuracy"],
+            study_miou=theirs["study_miou"],
+            study_iou=theirs["study_iou"],
+            loss=loss,
+            num_samples=num_samples,
+            ignore_index=matrix.ignore_index,
+        )
+
+
+def _nan_for_none(value: Any) -> Any:
+    if value is None:
+        return math.nan
+    if isinstance(value, list):
+        return [_nan_for_none(v) for v in value]
+    return value
 
 
 def check_labels(
@@ -80,9 +158,7 @@ def _batched_confusion(
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all processes in place; no-op unless torch.distributed is running."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return tensor
     if dist.get_backend() == "nccl" and not tensor.is_cuda:
         # NCCL only reduces CUDA tensors; metrics may live on the CPU.

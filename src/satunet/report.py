@@ -6,61 +6,33 @@ satunet stays fast.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from torch import nn
-    from torch.utils.data import Dataset
+from satunet.files import PathLike, atomic_path, atomic_write_json, atomic_write_text
+from satunet.metrics import Scores
 
-    from satunet.evaluate import Scores
-
-PathLike = str | os.PathLike[str]
-
-
-def _umask_mode() -> int:
-    """The mode a plainly created file gets (mkstemp would leave it readable by owner only)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write a text file via a temporary file and rename: readers never see half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+__all__ = [
+    "atomic_write_text",  # re-exported until models.presets/benchmark/reproduce/search move on
+    "colorize",
+    "fmt",
+    "markdown_table",
+    "plot_curves",
+    "plot_predictions",
+    "scores_markdown",
+    "write_scores",
+]
 
 
 def _savefig_atomic(fig: Any, path: PathLike) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=100, bbox_inches="tight")
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _pyplot() -> Any:
@@ -139,7 +111,7 @@ def write_scores(
     meta = {**(meta or {}), **scores.extra}
     data = scores.as_dict() | {"extra": meta}
     json_path, md_path = out_dir / "scores.json", out_dir / "scores.md"
-    atomic_write_text(json_path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    atomic_write_json(json_path, data)
     title = " · ".join(str(meta[k]) for k in ("model", "dataset", "split") if meta.get(k))
     atomic_write_text(md_path, scores_markdown(scores, title or "scores"))
     return json_path, md_path
@@ -205,44 +177,40 @@ def _default_palette(n: int) -> list[list[int]]:
     return [[int(255 * v) for v in cmap(i % cmap.N)[:3]] for i in range(n)]
 
 
-@torch.no_grad()
 def plot_predictions(
-    model: nn.Module,
-    dataset: Dataset,
+    images: Sequence[Any],
+    masks: Sequence[Any],
+    predictions: Sequence[Any],
     path: PathLike,
     *,
     classes: Sequence[str],
     palette: Sequence[Sequence[int]] | None = None,
     normalization: dict[str, list[float]] | None = None,
     ignore_index: int | None = None,
-    device: torch.device | str = "cpu",
-    precision: str = "fp32",
-    count: int = 4,
 ) -> None:
     """The study's figure: image | prediction | ground truth rows, in the dataset's palette.
 
-    Uses the first ``count`` samples of ``dataset`` (deterministic), with a class legend.
+    ``images`` are (C, H, W) model inputs, ``masks`` and ``predictions`` (H, W) class ids
+    (arrays or tensors; see :func:`satunet.evaluate.predict_samples`), with a class legend.
     """
     from matplotlib.patches import Patch
 
-    from satunet.evaluate import predict_logits
-
-    plt = _pyplot()
-    palette = list(palette) if palette else _default_palette(len(classes))
-    n = min(count, len(dataset))
+    n = len(images)
+    if not n == len(masks) == len(predictions):
+        raise ValueError(
+            f"plot_predictions needs one mask and prediction per image, got {n} images, "
+            f"{len(masks)} masks and {len(predictions)} predictions"
+        )
     if n == 0:
         return
-    was_training = model.training
-    model.eval()
+    plt = _pyplot()
+    palette = list(palette) if palette else _default_palette(len(classes))
     fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n + 0.8), squeeze=False)
     for row in range(n):
-        sample = dataset[row]
-        x = sample["image"].unsqueeze(0).to(device)
-        pred = predict_logits(model, x, precision=precision).argmax(1)[0]
         panels = [
-            _display_image(sample["image"], normalization),
-            colorize(pred, palette),
-            colorize(sample["mask"], palette, ignore_index),
+            _display_image(torch.as_tensor(np.asarray(images[row])), normalization),
+            colorize(torch.as_tensor(np.asarray(predictions[row])), palette),
+            colorize(torch.as_tensor(np.asarray(masks[row])), palette, ignore_index),
         ]
         for ax, panel, name in zip(
             axes[row], panels, ("image", "prediction", "ground truth"), strict=True
@@ -251,7 +219,6 @@ def plot_predictions(
             ax.set_axis_off()
             if row == 0:
                 ax.set_title(name)
-    model.train(was_training)
     handles = [
         Patch(facecolor=[c / 255 for c in rgb], edgecolor="0.5", label=name)
         for name, rgb in zip(classes, palette, strict=False)

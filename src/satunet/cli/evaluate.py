@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from satunet.cli._flags import add_device, add_precision
+
 EXAMPLE = """examples:
   satunet evaluate runs/skinny/best.pt --data loveda --root data/loveda --scene rural --split val
   satunet evaluate runs/lc/best.pt --data landcoverai --root data/landcoverai --split test \\
@@ -43,8 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of that carve-out (default: as trained)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (4)")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="loader workers (0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    add_device(p)
+    add_precision(p)
     p.add_argument("--format", choices=("md", "json"), default="md", help="stdout format (md)")
     p.add_argument("--out", metavar="DIR", help="where scores.json/scores.md go (checkpoint dir)")
     p.set_defaults(run=run)

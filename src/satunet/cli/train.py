@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from satunet.cli._flags import DEVICES_HELP
+
 EXAMPLE = """examples:
   satunet train --model unet_skinny --data loveda --root data/loveda --scene rural \\
       --epochs 2 --crop 128 --batch-size 4 --val-fraction 0.2 --out runs/skinny
@@ -70,7 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="carve validation out of the training split, by source image (seeded)",
     )
     p.add_argument("--workers", type=int, metavar="N", help="data loader worker processes (0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: cuda if present")
+    p.add_argument("--device", metavar="DEVICE", help=DEVICES_HELP)
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="default fp32")
     p.add_argument("--seed", type=int, help="seed of init, shuffling, augmentation and split")
     target = p.add_mutually_exclusive_group(required=True)
@@ -116,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    elif summary.get("finished"):
+        print(f"{summary['run_dir']}: nothing trained: {summary['finished']}")
     else:
         from satunet.report import fmt
 

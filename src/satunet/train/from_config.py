@@ -1,0 +1,161 @@
+"""A run from a config: datasets, loaders, model and loss built, trained, and reported."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from satunet.checkpoint import ModelInfo, read_checkpoint
+from satunet.config import RunConfig, config_from_dict
+from satunet.data.splits import build_datasets, dataset_scale, make_loaders, normalization_stats
+from satunet.errors import CheckpointError, ConfigError
+from satunet.files import PathLike
+from satunet.losses import create_loss
+from satunet.models import create_model
+from satunet.runtime import barrier, init_distributed, rank, resolve_device
+from satunet.train.loop import fit
+from satunet.train.rundir import check_new_run_dir, finish_run, write_run_config
+from satunet.train.state import TrainState, config_differences, refuse_resume
+
+log = logging.getLogger(__name__)
+
+
+def train_from_config(
+    cfg: RunConfig, run_dir: PathLike, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Build datasets, loaders, model and loss from ``cfg``, train, and fill ``run_dir``.
+
+    Returns a summary: best epoch and scores, epochs run, mean epoch times. Called by
+    `satunet train` and `satunet reproduce`; works the same under torchrun. Resuming a run that
+    has nothing left to train is a no-op that says so (``finished`` in the summary).
+    """
+    run_dir = Path(run_dir)
+    created = init_distributed(cfg.train.device)
+    try:
+        finished = _check_run_dir(cfg, run_dir, resume)
+        barrier()  # every rank checked before rank 0 writes config.toml
+        if finished is not None:
+            log.warning("%s has nothing left to train: %s", run_dir, finished[1])
+            return _summary(cfg, run_dir, finished[0], finished=finished[1])
+        device = resolve_device(cfg.train.device, cfg.train.precision)
+        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+        train_ds, val_ds, base = build_datasets(cfg)
+        model = create_model(
+            cfg.model.name,
+            in_channels=base.in_channels,
+            num_classes=base.num_classes,
+            **cfg.model.options,
+        )
+        _check_crop(cfg, model)
+        loss_fn = create_loss(
+            cfg.train.loss,
+            num_classes=base.num_classes,
+            ignore_index=base.ignore_index,
+            class_weights=cfg.train.class_weights,
+        )
+        train_loader, val_loader = make_loaders(train_ds, val_ds, cfg.train, device)
+        info = model_info(cfg, base, model)
+        if rank() == 0:
+            write_run_config(run_dir, cfg)
+        state = fit(
+            model,
+            train_loader,
+            val_loader,
+            loss_fn=loss_fn,
+            info=info,
+            run_dir=run_dir,
+            config=cfg.train,
+            resume=resume,
+            progress=progress,
+            run_config=cfg.to_dict(),
+        )
+        if rank() == 0:
+            finish_run(run_dir, model, val_ds, info, state, device, cfg)
+        barrier()
+        return _summary(cfg, run_dir, state)
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _check_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> tuple[TrainState, str] | None:
+    """Refuse a new run over an old one, or a resume of another setup, before any work.
+
+    Returns (state, why) when a resumed run has nothing left to train, else None.
+    """
+    last = run_dir / "last.pt"
+    if not resume:
+        check_new_run_dir(run_dir)
+        return None
+    if not last.is_file():
+        raise CheckpointError(
+            f"cannot resume: {last} does not exist (no epoch of that run completed); start it "
+            "again without --resume"
+        )
+    ckpt = read_checkpoint(last)
+    refuse_resume(config_differences(ckpt.get("config") or {}, cfg.to_dict()), last)
+    state = TrainState(**ckpt["train_state"]) if ckpt.get("train_state") else None
+    why = state.finished(cfg.train) if state is not None else None
+    return (state, why) if why else None
+
+
+def _check_crop(cfg: RunConfig, model: torch.nn.Module) -> None:
+    multiple = getattr(model, "size_multiple", 1)
+    if cfg.data.crop is not None and cfg.data.crop % multiple:
+        up = -(-cfg.data.crop // multiple) * multiple
+        raise ConfigError(
+            f"data.crop={cfg.data.crop} is not a multiple of {multiple}, which "
+            f"{cfg.model.name} needs; use --crop {up}"
+        )
+
+
+def model_info(cfg: RunConfig, dataset: Any, model: torch.nn.Module) -> ModelInfo:
+    """What the checkpoints of this run record besides the weights, incl. the pixel scale."""
+    palette = getattr(dataset, "palette", None)
+    return ModelInfo(
+        name=cfg.model.name,
+        in_channels=dataset.in_channels,
+        num_classes=dataset.num_classes,
+        options=dict(cfg.model.options),
+        classes=tuple(dataset.classes),
+        ignore_index=dataset.ignore_index,
+        normalization=normalization_stats(cfg.data.normalization),
+        scale=dataset_scale(dataset),
+        palette=tuple(tuple(int(v) for v in c) for c in palette) if palette else None,
+        size_multiple=int(getattr(model, "size_multiple", 1)),
+    )
+
+
+def _summary(
+    cfg: RunConfig, run_dir: Path, state: TrainState, finished: str | None = None
+) -> dict[str, Any]:
+    times = [r["epoch_time_s"] for r in state.history]
+    train_times = [r["train_time_s"] for r in state.history]
+    summary = {
+        "run_dir": str(run_dir),
+        "rank": rank(),
+        "model": cfg.model.name,
+        "epochs_run": state.epoch,
+        "stopped_early": state.stopped_early,
+        "best_epoch": state.best_epoch,
+        "best": state.best_scores,
+        "mean_epoch_time_s": sum(times) / len(times) if times else None,
+        "mean_train_time_s": sum(train_times) / len(train_times) if train_times else None,
+        "history": state.history,
+    }
+    if finished is not None:
+        summary["finished"] = finished
+    return summary
+
+
+def load_run_config(run_dir: PathLike) -> RunConfig:
+    """The config a run was trained with, from its last.pt (the resume source of truth)."""
+    path = Path(run_dir) / "last.pt"
+    ckpt = read_checkpoint(path)
+    if not ckpt.get("config"):
+        raise CheckpointError(f"{path} holds no run config; it was not written by satunet train")
+    return config_from_dict(ckpt["config"])

@@ -1,0 +1,433 @@
+"""The training loop: :func:`fit` runs epochs of :func:`train_epoch` and validation.
+
+fit() holds the study's recipe (Adam, ReduceLROnPlateau on validation loss, early stopping) with
+the study's flaws fixed: the loss is divided over accumulation steps, the best checkpoint is
+kept, validation is deterministic, and every epoch is checkpointed atomically so a killed run
+resumes exactly. Under ``torchrun`` it runs DistributedDataParallel; only rank 0 writes files.
+Inputs, logits, loss, gradients and weights are checked every step: a diverging run stops
+with a TrainingError that names the epoch, step and likely cause, and never saves NaN weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from satunet.checkpoint import ModelInfo, unwrap
+from satunet.config import TrainConfig
+from satunet.errors import ConfigError, TrainingError
+from satunet.evaluate import evaluate
+from satunet.files import PathLike, jsonable
+from satunet.metrics import Scores
+from satunet.runtime import (
+    all_sum,
+    autocast_context,
+    barrier,
+    is_distributed,
+    rank,
+    resolve_device,
+    synchronize,
+    world_size,
+)
+from satunet.train.rundir import CurvePlotter, prepare_run_dir, save_epoch
+from satunet.train.state import TrainState, restore, seed_epoch
+
+log = logging.getLogger(__name__)
+
+LR_HINT = "a learning rate too high (try --set train.lr=3e-4 or train.grad_clip=1.0)"
+
+
+@dataclass
+class _Run:
+    """The objects one training run threads through its epochs."""
+
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+    cfg: TrainConfig
+    device: torch.device
+    accumulation: int
+    info: ModelInfo
+    run_dir: Path
+    run_config: dict[str, Any] | None
+    progress: bool
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    *,
+    loss_fn: nn.Module,
+    info: ModelInfo,
+    run_dir: PathLike,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    run_config: dict[str, Any] | None = None,
+) -> TrainState:
+    """Train ``model``, validating and checkpointing every epoch; returns the run's state.
+
+    Writes ``last.pt`` every epoch and ``best.pt`` on the best validation mIoU (both atomic and
+    self-describing: ``info`` plus ``run_config``, the ``RunConfig.to_dict()`` of the run), one
+    ``metrics.jsonl`` line per epoch and ``curves.png``. With ``resume=True`` it continues from
+    ``run_dir/last.pt`` at the next epoch with the same weights, optimizer, scheduler, scaler,
+    early-stopping state and per-epoch random seeds. Under torch.distributed the model is
+    wrapped in DistributedDataParallel; the loaders must already shard the data (see
+    :func:`satunet.data.splits.make_loaders`).
+    """
+    cfg = config or TrainConfig()
+    run = _start(model, train_loader, loss_fn, info, Path(run_dir), cfg, progress, run_config)
+    state = TrainState()
+    if resume:
+        barrier()  # rank 0 may still be finishing a file another rank is about to read
+        state = restore(
+            run.run_dir / "last.pt",
+            info,
+            run.model,
+            run.optimizer,
+            run.scheduler,
+            run.scaler,
+            run_config,
+        )
+        done = state.finished(cfg)
+        if done:
+            log.warning("%s has nothing left to train: %s", run.run_dir, done)
+            return state
+        log.info("resuming %s at epoch %d of %d", run.run_dir, state.epoch + 1, cfg.epochs)
+    if rank() == 0:
+        prepare_run_dir(run.run_dir, state.history)
+    if world_size() > 1:
+        ddp_device = [run.device.index] if run.device.type == "cuda" else None
+        run.model = nn.parallel.DistributedDataParallel(run.model, device_ids=ddp_device)
+    log.info(
+        f"training {info.name} on {run.device}: {len(train_loader.dataset)} train / "
+        f"{len(val_loader.dataset)} val samples, batch {cfg.batch_size} = "
+        f"{train_loader.batch_size or 1} x {run.accumulation} step(s) x {world_size()} "
+        f"process(es), {cfg.precision}"
+    )
+    plotter = CurvePlotter(run.run_dir / "curves.png")
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        # Checked against the current setting, so a resume may extend a stopped run.
+        if state.finished(cfg):
+            break
+        _epoch(run, state, epoch, train_loader, val_loader, plotter)
+    return state
+
+
+def _start(
+    model: nn.Module,
+    train_loader: DataLoader,
+    loss_fn: nn.Module,
+    info: ModelInfo,
+    run_dir: Path,
+    cfg: TrainConfig,
+    progress: bool,
+    run_config: dict[str, Any] | None,
+) -> _Run:
+    """Check the batch arithmetic, move model and loss to the device, build the optimizer."""
+    device = resolve_device(cfg.device, cfg.precision)
+    micro, world = train_loader.batch_size or 1, world_size()
+    if cfg.batch_size % (micro * world):
+        raise ConfigError(
+            f"train.batch_size={cfg.batch_size} is not a multiple of micro_batch_size={micro} x "
+            f"{world} process(es); choose a batch size that is, or set train.micro_batch_size"
+        )
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loss_fn.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    return _Run(
+        model,
+        loss_fn,
+        optimizer,
+        scheduler,
+        scaler,
+        cfg,
+        device,
+        cfg.batch_size // (micro * world),
+        info,
+        run_dir,
+        run_config,
+        progress,
+    )
+
+
+def _epoch(
+    run: _Run,
+    state: TrainState,
+    epoch: int,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    plotter: CurvePlotter,
+) -> None:
+    """Train one epoch, validate, update ``state``, and (rank 0) write the run directory."""
+    cfg = run.cfg
+    seed_epoch(cfg.seed, epoch, rank())
+    if hasattr(train_loader.sampler, "set_epoch"):
+        train_loader.sampler.set_epoch(epoch)
+    lr = run.optimizer.param_groups[0]["lr"]
+    t0 = time.perf_counter()
+    train_loss = train_epoch(
+        run.model,
+        train_loader,
+        run.loss_fn,
+        run.optimizer,
+        run.scaler,
+        cfg=cfg,
+        device=run.device,
+        accumulation=run.accumulation,
+        epoch=epoch,
+        run_dir=run.run_dir,
+        progress=run.progress and rank() == 0,
+    )
+    synchronize(run.device)
+    train_time = time.perf_counter() - t0
+    scores = evaluate(
+        unwrap(run.model),
+        val_loader,
+        num_classes=run.info.num_classes,
+        ignore_index=run.info.ignore_index,
+        device=run.device,
+        precision=cfg.precision,
+        loss_fn=run.loss_fn,
+        channels_last=cfg.channels_last,
+        classes=list(run.info.classes) if run.info.classes else None,
+    )
+    synchronize(run.device)
+    epoch_time = time.perf_counter() - t0  # train + validation, as the study timed it
+    is_best = _update_state(run, state, epoch, scores)
+    record = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_loss": scores.loss,
+        "val_miou": scores.miou,
+        "val_study_miou": scores.study_miou,
+        "val_micro_iou": scores.micro_iou,
+        "val_pixel_accuracy": scores.pixel_accuracy,
+        "val_iou": scores.iou,
+        "lr": lr,
+        "epoch_time_s": epoch_time,
+        "train_time_s": train_time,
+        "best": is_best,
+    }
+    state.history.append(jsonable(record))
+    if rank() == 0:
+        _save(run, state, is_best, plotter)
+        log.info(
+            f"epoch {epoch}/{cfg.epochs}  train_loss {train_loss:.4f}  val_loss "
+            f"{scores.loss:.4f}  val_mIoU {scores.miou:.4f} (study {scores.study_miou:.4f})  "
+            f"lr {lr:.1e}  {epoch_time:.1f}s (train {train_time:.1f}s)"
+            + ("  *best" if is_best else "")
+        )
+    barrier()
+    if state.stopped_early:
+        log.info(
+            "early stopping after epoch %d: validation loss has not improved for %d epochs",
+            epoch,
+            state.bad_epochs,
+        )
+
+
+def _save(run: _Run, state: TrainState, is_best: bool, plotter: CurvePlotter) -> None:
+    """Rank 0: checkpoints, the metrics line and (now and then) curves.png for this epoch."""
+    training = {
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+    }
+    save_epoch(
+        run.run_dir,
+        run.model,
+        run.info,
+        state,
+        is_best=is_best,
+        run_config=run.run_config,
+        training=training,
+    )
+    plotter.update(state.history, force=state.epoch == run.cfg.epochs or state.stopped_early)
+
+
+def _update_state(run: _Run, state: TrainState, epoch: int, scores: Scores) -> bool:
+    """Early-stopping count, LR schedule and best scores after validation; True if best."""
+    val_loss = scores.loss if scores.loss is not None else math.nan
+    if not math.isfinite(val_loss):
+        raise TrainingError(
+            nonfinite_error(f"validation loss became {val_loss}", epoch, None, 0, run.run_dir)
+        )
+    # The study's early stopping: count epochs without a strictly lower validation loss.
+    if val_loss < state.best_val_loss:
+        state.best_val_loss, state.bad_epochs = val_loss, 0
+    else:
+        state.bad_epochs += 1
+    run.scheduler.step(val_loss)
+    is_best = scores.miou > state.best_miou  # nan (no class seen) never counts as best
+    if is_best:
+        state.best_miou, state.best_epoch = scores.miou, epoch
+        state.best_scores = jsonable(scores.as_dict())
+    cfg = run.cfg
+    state.stopped_early = cfg.early_stopping > 0 and state.bad_epochs >= cfg.early_stopping
+    state.epoch = epoch
+    return is_best
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+def _batches(
+    loader: DataLoader, device: torch.device, channels_last: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for batch in loader:
+        x = batch["image"].to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, batch["mask"].to(device, non_blocking=True)
+
+
+def nonfinite_error(what: str, epoch: int, step: int | None, steps: int, run_dir: Path) -> str:
+    """What became non-finite where, the likely causes, and which checkpoint is still good."""
+    where = f"step {step}/{steps}" if step is not None else "validation"
+    last = run_dir / "last.pt"
+    kept = (
+        f"the last good checkpoint is {last} (epoch {epoch - 1}); fix the cause, then "
+        f"`satunet train --resume {run_dir}`"
+        if epoch > 1
+        else "no epoch completed, so there is no checkpoint yet"
+    )
+    return (
+        f"{what} at epoch {epoch}, {where}. Likely causes: {LR_HINT}, fp16 overflow (use "
+        "--precision bf16 or fp32), or NaN/inf values in the input images. Training stopped; "
+        f"{kept}."
+    )
+
+
+def _all_finite(tensors: Iterable[torch.Tensor | None], device: torch.device) -> torch.Tensor:
+    """A 0-dim bool tensor: every given tensor is free of NaN and inf (no host sync)."""
+    flags = [torch.isfinite(t.detach()).all() for t in tensors if t is not None]
+    return torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool, device=device)
+
+
+def _raise_if_bad(checks: list[tuple[torch.Tensor, str]], device: torch.device, where: Any) -> None:
+    """One host sync for all ``(ok flag, what went wrong)`` checks, agreed over every rank."""
+    bad = torch.stack([~ok for ok, _ in checks]).to(device=device, dtype=torch.float32)
+    if is_distributed():  # every rank must stop together, or the others hang
+        dist.all_reduce(bad)
+    for flag, (_, what) in zip(bad.tolist(), checks, strict=True):
+        if flag:
+            raise TrainingError(nonfinite_error(what, *where))
+
+
+def _optimizer_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    cfg: TrainConfig,
+    device: torch.device,
+    where: tuple[Any, ...],
+) -> None:
+    """Clip, step and check gradients and weights are finite, then clear the gradients."""
+    if cfg.grad_clip is not None:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    # Under fp16 an inf gradient is the GradScaler's business: it skips that step.
+    grads_ok = _all_finite([] if scaler.is_enabled() else [p.grad for p in params], device)
+    scaler.step(optimizer)
+    scaler.update()
+    lr = optimizer.param_groups[0]["lr"]
+    checks = [
+        (grads_ok, f"gradients became NaN/inf (lr {lr:g}, grad_clip {cfg.grad_clip})"),
+        (
+            _all_finite(params, device),
+            f"weights became NaN/inf after the optimizer step (lr {lr:g})",
+        ),
+    ]
+    _raise_if_bad(checks, device, where)
+    optimizer.zero_grad(set_to_none=True)
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    *,
+    cfg: TrainConfig,
+    device: torch.device,
+    accumulation: int,
+    epoch: int,
+    run_dir: Path,
+    progress: bool,
+) -> float:
+    """One pass over ``loader``; returns the mean training loss per sample over all processes."""
+    model.train()
+    steps = len(loader)
+    loss_sum, seen = 0.0, 0
+    optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(
+        total=steps,
+        desc=f"epoch {epoch}/{cfg.epochs}",
+        leave=False,
+        dynamic_ncols=True,
+        disable=None if progress else True,  # None: hidden when stderr is not a terminal
+    )
+    with bar:
+        for i, (x, y) in enumerate(_batches(loader, device, cfg.channels_last)):
+            # Accumulation windows: divide by the micro-steps of *this* window, so the last,
+            # partial window of an epoch is averaged correctly too (the study summed).
+            start = i - i % accumulation
+            window = min(accumulation, steps - start)
+            step_now = i - start + 1 == window
+            where = (epoch, i + 1, steps, run_dir)
+            sync = model.no_sync() if not step_now and hasattr(model, "no_sync") else nullcontext()
+            with sync:
+                with autocast_context(device, cfg.precision):
+                    logits = model(x)
+                loss = loss_fn(logits.float(), y)
+                _check_forward(x, logits, loss, device, where)
+                scaler.scale(loss / window).backward()
+            if step_now:
+                _optimizer_step(model, optimizer, scaler, cfg, device, where)
+            loss_sum += loss.item() * len(x)
+            seen += len(x)
+            bar.update()
+            bar.set_postfix(
+                loss=f"{loss_sum / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}"
+            )
+    total, count = all_sum([loss_sum, seen], device)
+    return total / max(count, 1)
+
+
+def _check_forward(
+    x: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor, device: torch.device, where: tuple
+) -> None:
+    """Stop on NaN/inf input pixels, logits or loss, naming which came first."""
+    checks = [
+        (
+            _all_finite([x], device),
+            "the input images hold NaN/inf pixels (run `satunet data check`)",
+        ),
+        (_all_finite([logits], device), "the model's outputs (logits) became NaN/inf"),
+        (torch.isfinite(loss).all(), "the loss became NaN/inf"),
+    ]
+    _raise_if_bad(checks, device, where)
