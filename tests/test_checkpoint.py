@@ -49,3 +49,20 @@ def test_truncated_and_foreign_files_are_clear_errors(tmp_path):
         read_checkpoint(tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "missing.pt")
+
+
+def test_the_record_and_the_old_keywords_store_the_same_fields(tmp_path):
+    from satunet.checkpoint import ModelInfo
+
+    model = create_model("unet_skinny", num_classes=2)
+    info = ModelInfo("unet_skinny", 3, 2, classes=("a", "b"), scale=10000.0, size_multiple=16)
+    save_checkpoint(tmp_path / "new.pt", model, info, epoch=1)
+    save_checkpoint(tmp_path / "old.pt", model, model_name="unet_skinny", in_channels=3,
+                    num_classes=2, classes=["a", "b"], scale=10000.0, epoch=1)  # fmt: skip
+    for name in ("new.pt", "old.pt"):
+        loaded, state = load_checkpoint(tmp_path / name)
+        got = ModelInfo.from_checkpoint(state, loaded)
+        assert got.scale == 10000.0 and got.classes == ("a", "b") and state["epoch"] == 1
+        assert got.size_multiple == loaded.size_multiple
+    with pytest.raises(TypeError, match="model_name"):
+        save_checkpoint(tmp_path / "bad.pt", model, in_channels=3)

@@ -60,9 +60,14 @@ def test_png_alpha_marks_nodata_and_is_not_a_band(tmp_path: Path) -> None:
         assert scene.info.bands == 4
 
 
-def test_float_input_is_rejected_with_advice(tmp_path: Path) -> None:
-    path = make_geotiff(tmp_path / "f.tif", dtype="float32")
-    with pytest.raises(DataError, match="f.tif holds float32.*uint8.*uint16"):
+def test_float_input_is_read_and_other_types_rejected_with_advice(tmp_path: Path) -> None:
+    data = np.array([[[0.25, np.nan], [1.5, 2.0]]], dtype=np.float32)
+    with open_scene(make_geotiff(tmp_path / "f.tif", data=data)) as scene:
+        assert scene.info.dtype == "float32"
+        pixels, _ = scene.read_rows(0, 2)
+    np.testing.assert_array_equal(pixels, data)  # NaN stays NaN: the engine marks it no-data
+    path = make_geotiff(tmp_path / "i.tif", dtype="int16")
+    with pytest.raises(DataError, match="i.tif holds int16.*uint8, uint16, float32"):
         open_scene(path)
 
 
@@ -71,7 +76,8 @@ def test_scale_pixels() -> None:
     raw16 = np.array([[[0, 65535]]], dtype=np.uint16)
     np.testing.assert_array_equal(scale_pixels(raw8, None), [[[0.0, 1.0]]])
     np.testing.assert_array_equal(scale_pixels(raw16, None), [[[0.0, 1.0]]])
-    norm = scale_pixels(raw8, {"mean": [0.5], "std": [0.25]})
+    np.testing.assert_allclose(scale_pixels(raw16, 10000), [[[0.0, 6.5535]]], rtol=1e-6)
+    norm = scale_pixels(raw8, normalization={"mean": [0.5], "std": [0.25]})
     np.testing.assert_allclose(norm, [[[-2.0, 2.0]]])
 
 

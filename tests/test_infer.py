@@ -26,6 +26,7 @@ from satunet.errors import (
     OutputError,
 )
 from satunet.infer import (
+    NODATA,
     ModelInfo,
     Predictor,
     load_predictor,
@@ -229,7 +230,7 @@ def test_png_input_gives_png_mask(tmp_path: Path, image: np.ndarray) -> None:
 
 class Exploding(Predictor):
     def __init__(self, after: int):
-        self.info = ModelInfo("boom", 3, 2, 1)
+        self.info = ModelInfo("boom", 3, 2)
         self.calls, self.after = 0, after
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -289,7 +290,7 @@ def test_unwritable_output_folder(tmp_path: Path) -> None:
     src = make_geotiff(tmp_path / "s.tif")
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(OutputError, match="cannot write to output folder"):
+    with pytest.raises(OutputError, match="cannot (write to|create) output folder"):
         predict_scene(_predictor(PixelModel()), src, blocker / "out")
 
 
@@ -396,3 +397,102 @@ def test_cuda_prediction_matches_cpu(image: np.ndarray, precision: str) -> None:
     gpu = TorchPredictor(tiny_unet(), device="cuda", precision=precision, fold_bn=True)
     got = predict_array(gpu, image, tile=64, overlap=16, batch_size=4)
     assert (got == cpu).mean() > (0.999 if precision == "fp32" else 0.97)
+
+
+# ----------------------------------------------------------------------------- one pixel rule
+
+
+def reflectance_folder(root: Path, n: int = 2, size: int = 64) -> Path:
+    """uint16 GeoTIFFs of Sentinel-2-like reflectance (0..10000) with uint8 masks."""
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        data = rng.integers(0, 10001, (3, size, size)).astype(np.uint16)
+        make_geotiff(root / "images" / f"tile{i}.tif", data=data, crs="EPSG:32633")
+        mask = np.digitize(data[0], [3333, 6667]).astype(np.uint8)  # classes by reflectance
+        make_geotiff(root / "masks" / f"tile{i}.tif", data=mask, crs="EPSG:32633")
+    return root
+
+
+def trained(model: nn.Module, dataset, steps: int = 15) -> nn.Module:
+    """A few Adam steps on the whole dataset, so the model's classes depend on pixel values."""
+    x = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    y = torch.stack([dataset[i]["mask"] for i in range(len(dataset))]).long()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_predict_feeds_the_numbers_training_saw(tmp_path: Path, tiny_registered: str) -> None:
+    """ImageMaskFolder(scale=10000): `satunet predict` classes == the evaluation path's."""
+    from satunet.data import ImageMaskFolder
+    from satunet.evaluate import predict_logits
+
+    root = reflectance_folder(tmp_path / "data", n=1, size=32)
+    dataset = ImageMaskFolder(root, classes=3, scale=10000)
+    model = trained(tiny_unet(3), dataset)
+    checkpoint = tmp_path / "s2.pt"
+    save_checkpoint(checkpoint, model, model_name=tiny_registered, in_channels=3,
+                    num_classes=3, scale=10000.0)  # fmt: skip
+    assert load_predictor(checkpoint).info.scale == 10000.0
+    out = tmp_path / "out"
+    scene = str(root / "images" / "tile0.tif")
+    code = main(["-q", "predict", str(checkpoint), scene, "--out", str(out),
+                 "--tile", "32", "--overlap", "8", "--device", "auto"])  # fmt: skip
+    assert code == 0
+    with rasterio.open(out / "tile0.tif") as src:
+        predicted = src.read(1)
+    with torch.no_grad():
+        logits = predict_logits(model, dataset[0]["image"][None])
+    expected = logits[0].argmax(0).numpy()
+    assert len(np.unique(expected)) > 1  # the model learned something pixel-dependent
+    np.testing.assert_array_equal(predicted, expected)
+    # The test has teeth: the old rule (uint16 / 65535) gives other classes here.
+    raw = rasterio.open(root / "images" / "tile0.tif").read()
+    wrong = predict_array(model, raw, tile=None, overlap=0)
+    assert (wrong != expected).any()
+
+
+def test_float_scene_is_scaled_by_the_checkpoint(tmp_path: Path) -> None:
+    raw = np.random.default_rng(4).integers(0, 10001, (3, 40, 48)).astype(np.float32)
+    raw[:, 5, 7] = np.nan
+    scene = make_geotiff(tmp_path / "f.tif", data=raw)
+    model = PixelModel()
+    predictor = _predictor(model, scale=10000.0)
+    result = predict_scene(predictor, scene, tmp_path / "out", tile=32, overlap=8)
+    with rasterio.open(result.outputs["mask"]) as src:
+        mask = src.read(1)
+    want = predict_array(model, np.nan_to_num(raw) / 10000, tile=None, overlap=0)
+    want[5, 7] = NODATA
+    np.testing.assert_array_equal(mask, want)
+    assert result.nodata_pixels == 1
+
+
+def test_nan_pixels_are_nodata_not_class_0() -> None:
+    model = tiny_unet()
+    image = np.full((3, 40, 40), np.nan, dtype=np.float32)
+    assert (predict_array(model, image, tile=32, overlap=8) == NODATA).all()
+    image = np.random.default_rng(0).random((3, 40, 40), dtype=np.float32)
+    image[:, :3, :] = np.nan
+    classes = predict_array(model, image, tile=32, overlap=8)
+    assert (classes[:3] == NODATA).all() and (classes[3:] < 3).all()
+    logits = predict_array(model, image, tile=32, overlap=8, output="logits")
+    assert np.isnan(logits[:, :3]).all() and np.isfinite(logits[:, 3:]).all()
+
+
+@pytest.mark.parametrize("where", ["same", "parent-file"])
+def test_predict_refuses_an_out_folder_holding_its_inputs(
+    tmp_path: Path, checkpoint: Path, where: str, capsys
+) -> None:
+    scenes = tmp_path / "scenes"
+    scene = make_geotiff(scenes / "a.tif")
+    before = scene.read_bytes()
+    out = scenes if where == "same" else scenes / "."
+    code = main(["predict", str(checkpoint), str(scenes), "--out", str(out)])
+    assert code == 2 and "choose another --out" in capsys.readouterr().err
+    assert scene.read_bytes() == before and sorted(p.name for p in scenes.iterdir()) == ["a.tif"]
+    with pytest.raises(OutputError, match="holds the input"):
+        predict_scene(_predictor(PixelModel()), scene, scenes)

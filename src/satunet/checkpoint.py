@@ -11,6 +11,8 @@ from torch import nn
 
 from satunet.errors import CheckpointError
 from satunet.files import PathLike, atomic_save
+from satunet.models import create_model
+from satunet.models.presets import parse_preset, presets_to_dict, split_reference
 
 FORMAT = "satunet-checkpoint"
 FORMAT_VERSION = 1
@@ -101,10 +103,7 @@ class ModelInfo:
             "model": values.pop("name"),
             "model_options": dict(values.pop("options")),
             "model_spec": values.pop("spec"),
-            **{
-                k: list(v) if isinstance(v, tuple) else v
-                for k, v in values.items()
-            },
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()},
         }
 
 
@@ -120,45 +119,70 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_checkpoint(
-    path: PathLike,
-    model: nn.Module,
-    *,
-    model_name: str,
-    model_options: dict[str, Any] | None = None,
-    in_channels: int,
-    num_classes: int,
-    classes: tuple[str, ...] | list[str] | None = None,
-    ignore_index: int | None = None,
-    normalization: dict[str, list[float]] | None = None,
-    **extra: Any,
+    path: PathLike, model: nn.Module, info: ModelInfo | None = None, **extra: Any
 ) -> None:
     """Write a checkpoint that :func:`load_checkpoint` can turn back into a model on its own.
 
-    ``extra`` holds training state (epoch, optimizer, scheduler, scaler, RNG, config, metrics):
-    only tensors, numbers, strings, lists and dicts, so ``weights_only=True`` loading works.
+    ``info`` is the model's record (``scale`` included, so predict feeds the model the numbers
+    it was trained on). The older keyword form still works: ``model_name=``, ``model_options=``,
+    ``in_channels=``, ``num_classes=``, ``classes=``, ``ignore_index=``, ``normalization=``,
+    ``scale=``, ``palette=`` build the record. Everything else in ``extra`` is training state
+    (epoch, optimizer, scheduler, scaler, RNG, config, metrics): only tensors, numbers,
+    strings, lists and dicts, so ``weights_only=True`` loading works.
     """
-    spec = getattr(unwrap(model), "spec", None)
+    info, extra = _record(model, info, extra)
+    plain = unwrap(model)
+    spec = getattr(plain, "spec", None)
     state = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model": model_name,
-        "model_options": dict(model_options or {}),
-        "in_channels": in_channels,
-        "num_classes": num_classes,
-        "classes": list(classes) if classes is not None else None,
-        "ignore_index": ignore_index,
-        "normalization": normalization,
-        "state_dict": unwrap(model).state_dict(),
+        **info.checkpoint_fields(),
+        "state_dict": plain.state_dict(),
         # A UNet's design as data, so a model named by a presets file rebuilds without the file.
-        "model_spec": _spec_to_dict(spec()) if callable(spec) else None,
+        "model_spec": info.spec or (spec_to_dict(spec()) if callable(spec) else None),
         **extra,
     }
     atomic_save(state, path)
 
 
-def _spec_to_dict(preset: Any) -> dict[str, Any]:
-    from satunet.models.presets import presets_to_dict
+# The old keyword form of save_checkpoint: keyword -> ModelInfo field.
+_LEGACY_KEYWORDS = {
+    "model_name": "name",
+    "model_options": "options",
+    "in_channels": "in_channels",
+    "num_classes": "num_classes",
+    "classes": "classes",
+    "ignore_index": "ignore_index",
+    "normalization": "normalization",
+    "scale": "scale",
+    "palette": "palette",
+}
 
+
+def _record(
+    model: nn.Module, info: ModelInfo | None, extra: dict[str, Any]
+) -> tuple[ModelInfo, dict[str, Any]]:
+    """The ModelInfo to store, from ``info`` or the old keywords; the rest of ``extra``."""
+    given = {field_: extra.pop(key) for key, field_ in _LEGACY_KEYWORDS.items() if key in extra}
+    if given.get("options") is None:
+        given.pop("options", None)
+    for key in ("classes", "palette"):
+        if given.get(key) is not None:
+            given[key] = tuple(tuple(v) if isinstance(v, list) else v for v in given[key])
+    if info is None:
+        missing = [k for k in ("name", "in_channels", "num_classes") if k not in given]
+        if missing:
+            raise TypeError(
+                "save_checkpoint needs info=ModelInfo(...) or model_name=, in_channels= and "
+                f"num_classes= (missing {', '.join(missing)})"
+            )
+        multiple = int(getattr(unwrap(model), "size_multiple", 1) or 1)
+        return ModelInfo(**given, size_multiple=multiple), extra
+    return (info.replace(**given) if given else info), extra
+
+
+def spec_to_dict(preset: Any) -> dict[str, Any]:
+    """A UNet ``Preset`` as the plain data stored under ``model_spec``."""
     return presets_to_dict({"model": preset})["presets"]["model"]
 
 
@@ -190,11 +214,7 @@ def load_checkpoint(
     path: PathLike, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model stored in a checkpoint; returns (model in eval mode, checkpoint dict)."""
-    from satunet.models import create_model
-
     state = read_checkpoint(path)
-    from satunet.models.presets import parse_preset, split_reference
-
     # Pretrained weights are already in the state dict: never fetch or read them again.
     options = {k: v for k, v in state["model_options"].items() if k != "encoder_weights"}
     sizes = {"in_channels": state["in_channels"], "num_classes": state["num_classes"]}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from satunet.cli._flags import positive_int
+
 EXAMPLE = """examples:
   satunet export runs/skinny/best.pt --onnx skinny.onnx
   satunet export best.pt --onnx model.onnx --exporter torchscript
@@ -29,7 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="satunet .pt checkpoint")
     p.add_argument("--onnx", required=True, metavar="FILE", help="ONNX file to write")
     p.add_argument(
-        "--size", type=int, default=None, help="example size to trace (default 2 x multiple)"
+        "--size",
+        type=positive_int,
+        default=None,
+        help="example size to trace (default 2 x multiple)",
     )
     p.add_argument(
         "--exporter",
@@ -44,14 +49,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from satunet.checkpoint import load_checkpoint
-    from satunet.data.geotiff import check_output_dir
-    from satunet.infer import ModelInfo, export_onnx, onnx_parity
+    from satunet.checkpoint import ModelInfo, load_checkpoint
+    from satunet.files import check_output_file
+    from satunet.infer import export_onnx, onnx_parity
 
+    target = check_output_file(Path(args.onnx), inputs=[args.checkpoint], what="--onnx file")
     model, state = load_checkpoint(args.checkpoint)
     info = ModelInfo.from_checkpoint(state, model)
-    target = Path(args.onnx)
-    check_output_dir(target.parent)
     export_onnx(model, target, info, size=args.size, exporter=args.exporter, opset=args.opset)
     m = info.size_multiple
     # Check at a size other than the traced one, non-square, batch 2: the dynamic axes work.

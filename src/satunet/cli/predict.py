@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from satunet.cli._flags import add_device, add_precision
+
 EXAMPLE = """examples:
   satunet predict runs/skinny/best.pt scene.tif --out predictions/
   satunet predict best.pt 'scenes/*.tif' --out pred/ --tile 512 --overlap 64 --cog --preview
@@ -35,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=int, default=None, help="tiles per forward pass (1 on CPU, 8 on CUDA)"
     )
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    add_device(p)
+    add_precision(p)
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     p.add_argument(
         "--onnx", metavar="FILE", help="ONNX file for --backend onnx (default CHECKPOINT.onnx)"
@@ -61,33 +63,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from collections import Counter
-
-    from satunet.data.geotiff import check_output_dir, expand_inputs
-    from satunet.errors import ConfigError
+    from satunet.data.geotiff import expand_inputs
     from satunet.infer import (
         LOVEDA_TEST_IMAGES,
+        check_outputs,
         load_predictor,
-        output_paths,
         predict_scene,
         validate_loveda_submission,
         zip_submission,
     )
+    from satunet.runtime import resolve_device
 
     inputs = expand_inputs(args.inputs)
-    names = Counter(output_paths(p, args.out, args.format)["mask"].name for p in inputs)
-    clashes = [n for n, count in names.items() if count > 1]
-    if clashes:
-        raise ConfigError(
-            f"{len(clashes)} output name(s) would be written twice (e.g. {clashes[0]}): inputs "
-            "from different folders share a file name; predict them into separate --out folders"
-        )
-    out = check_output_dir(args.out)
-    batch_size = args.batch_size or (8 if args.device.startswith("cuda") else 1)
+    out = check_outputs([*inputs, args.checkpoint], args.out, args.format)
+    device = args.device
+    if args.backend == "torch" and not str(args.checkpoint).lower().endswith(".onnx"):
+        device = resolve_device(args.device, args.precision)
+    batch_size = args.batch_size or (8 if str(device).startswith("cuda") else 1)
     predictor = load_predictor(
         args.checkpoint,
         backend=args.backend,
-        device=args.device,
+        device=device,
         precision=args.precision,
         onnx=args.onnx,
     )

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from satunet.data.pixels import DTYPE_SCALE, pixel_scale  # noqa: F401 - DTYPE_SCALE kept here
-from satunet.data.readers import RasterReader
+from satunet.data.readers import RasterReader, natural_key, raster_info  # noqa: F401 - re-export
 from satunet.data.tiling import Window
 from satunet.errors import ConfigError, DataError
 
@@ -40,10 +40,35 @@ def label_lut(mapping: dict[int, int]) -> np.ndarray:
     return lut
 
 
-def natural_key(path: Path) -> tuple:
-    """Sort key that puts 2.png before 10.png (LoveDA ids are numbers)."""
-    stem = path.stem
-    return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
+def check_pair_sizes(records: Sequence[Record]) -> None:
+    """Refuse a mask whose size is not its image's, from the file headers (nothing is decoded).
+
+    Run when a dataset is built, so misaligned labels never reach training; ``data check``
+    reports the same pairs with the same message.
+    """
+    seen: set[tuple[Path, Path]] = set()
+    for record in records:
+        if record.mask is None or (record.image, record.mask) in seen:
+            continue
+        seen.add((record.image, record.mask))
+        problem = pair_size_problem(record.image, record.mask)
+        if problem:
+            raise DataError(
+                f"mask {record.mask} {problem}: a mask must have its image's size (labels would "
+                "be misaligned). Re-export the pair or remove it; `satunet data check` lists "
+                "every such pair."
+            )
+
+
+def pair_size_problem(image: Path, mask: Path) -> str | None:
+    """'is WxH but its image NAME is WxH' when the headers of a pair disagree, else None."""
+    info, mask_info = raster_info(image), raster_info(mask)
+    if (mask_info.height, mask_info.width) == (info.height, info.width):
+        return None
+    return (
+        f"is {mask_info.width}x{mask_info.height} but its image {image.name} is "
+        f"{info.width}x{info.height}"
+    )
 
 
 class SegmentationDataset(Dataset):
@@ -75,6 +100,7 @@ class SegmentationDataset(Dataset):
         transforms: Transform | None = None,
     ) -> None:
         self.records = list(records)
+        check_pair_sizes(self.records)
         self.classes = tuple(classes)
         self.palette = tuple(tuple(int(v) for v in rgb) for rgb in palette)  # type: ignore[misc]
         if len(self.palette) != len(self.classes):
@@ -135,6 +161,13 @@ class SegmentationDataset(Dataset):
 
     def _to_float(self, array: np.ndarray, path: Path) -> torch.Tensor:
         scale = pixel_scale(array.dtype, self.scale, path)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            bad = int(array.size - np.isfinite(array).sum())
+            raise DataError(
+                f"{path} holds {bad} NaN/inf pixels: a model trained on them diverges. Fill "
+                "no-data with a number and mark it in the mask with ignore_index; `satunet data "
+                "check` lists every such file."
+            )
         # One copy into a fresh float32 array: decoded arrays may be read-only (kept by the
         # reader) and (C, H, W) views of (H, W, C) pixels.
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).div_(scale)

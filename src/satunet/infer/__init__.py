@@ -1,0 +1,86 @@
+"""Scene inference at any size: tiled, blended, streamed in row bands; ONNX export and runtime.
+
+- :mod:`satunet.infer.predictors`: a model behind one call (PyTorch or ONNX Runtime)
+- :mod:`satunet.infer.engine`: the streaming tiling/blending engine and :func:`predict_array`
+- :mod:`satunet.infer.scene`: image files in, masks/probabilities/previews out
+- :mod:`satunet.infer.onnx`: export with dynamic axes and the parity check
+- :mod:`satunet.infer.loveda`: the LoveDA test-server submission
+
+Pixels are scaled by :func:`satunet.data.pixels.scale_pixels` with the checkpoint's ``scale``
+and ``normalization``, the rule the datasets use, so a model sees the numbers it was trained on.
+"""
+
+from satunet.checkpoint import DEFAULT_PALETTE, ModelInfo
+from satunet.data.pixels import pad_to_multiple, scale_pixels
+from satunet.infer.engine import (
+    NODATA,
+    Finish,
+    ReadRows,
+    check_tiling,
+    predict_array,
+    run_bands,
+)
+from satunet.infer.loveda import (
+    LOVEDA_SIZE,
+    LOVEDA_TEST_IMAGES,
+    submission_classes,
+    validate_loveda_submission,
+    zip_submission,
+)
+from satunet.infer.onnx import Exporter, Parity, export_onnx, onnx_parity
+from satunet.infer.predictors import (
+    ONNX_METADATA_KEY,
+    Backend,
+    OnnxPredictor,
+    Precision,
+    Predictor,
+    TorchPredictor,
+    load_predictor,
+    read_onnx_info,
+)
+from satunet.infer.scene import (
+    PREVIEW_MAX_SIDE,
+    OutputFormat,
+    SceneResult,
+    check_outputs,
+    output_paths,
+    predict_scene,
+    save_preview,
+)
+
+__all__ = [
+    "DEFAULT_PALETTE",
+    "LOVEDA_SIZE",
+    "LOVEDA_TEST_IMAGES",
+    "NODATA",
+    "ONNX_METADATA_KEY",
+    "PREVIEW_MAX_SIDE",
+    "Backend",
+    "Exporter",
+    "Finish",
+    "ModelInfo",
+    "OnnxPredictor",
+    "OutputFormat",
+    "Parity",
+    "Precision",
+    "Predictor",
+    "ReadRows",
+    "SceneResult",
+    "TorchPredictor",
+    "check_outputs",
+    "check_tiling",
+    "export_onnx",
+    "load_predictor",
+    "onnx_parity",
+    "output_paths",
+    "pad_to_multiple",
+    "predict_array",
+    "predict_scene",
+    "read_onnx_info",
+    "run_bands",
+    "save_preview",
+    "scale_pixels",
+    "submission_classes",
+    "validate_loveda_submission",
+    "zip_submission",
+]
