@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "satunet.infer": 4,
     "satunet.benchmark": 4,
     "satunet.quantize": 5,
+    "satunet.deepness": 5,
     "satunet.reproduce": 5,
     "satunet.search": 5,
     "satunet.race": 5,

@@ -280,3 +280,194 @@ def test_new_presets_output_shape(name: str):
 def test_context_trains_at_batch_1_on_a_small_bottleneck(context: str):
     model = UNet(TINY_LEVELS, num_classes=3, context=context).train()
     model(torch.rand(1, 3, 8, 8)).sum().backward()  # 2x2 bottleneck, 1x1 pooled maps
+
+
+# --- smp:ARCH:ENCODER models (issue 16) ---------------------------------------------------------
+
+SMP_NAMES = ["smp:Unet:resnet18", "smp:FPN:mobilenet_v2", "smp:Segformer:mit_b0"]
+
+
+def small_encoder(arch: str) -> str:
+    return "tu-vit_tiny_patch16_224" if arch == "DPT" else "resnet18"
+
+
+@pytest.mark.parametrize("name", SMP_NAMES)
+def test_smp_model_contract(name: str):
+    model = create_model(name, in_channels=4, num_classes=3).eval()
+    assert (model.in_channels, model.num_classes, model.size_multiple) == (4, 3, 32)
+    with torch.no_grad():
+        out = model(torch.rand(1, 4, 64, 96))
+    assert out.shape == (1, 3, 64, 96) and out.dtype == torch.float32
+    with pytest.raises(InputSizeError, match=r"divisible by 32.*height 64 or 96"):
+        model(torch.rand(1, 4, 80, 64))
+    with pytest.raises(InputSizeError, match="built for 4 input bands but got 3"):
+        model(torch.rand(1, 3, 64, 64))
+
+
+def test_every_smp_architecture_keeps_its_size_multiple():
+    """size_multiple is what each architecture really needs (checked on the meta device)."""
+    from satunet.models import smp_architectures
+
+    assert {"Unet", "FPN", "Linknet", "PSPNet", "PAN", "MAnet", "UPerNet", "Segformer"} <= set(
+        smp_architectures()
+    )
+    for arch in smp_architectures():
+        with torch.device("meta"):
+            model = create_model(f"smp:{arch}:{small_encoder(arch)}", num_classes=3).eval()
+        m, low = model.size_multiple, model.min_size
+        side = -(-low // m) * m
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, side, side + m, device="meta"))
+        assert out.shape == (1, 3, side, side + m), arch
+        with pytest.raises(InputSizeError):
+            model(torch.zeros(1, 3, side + m // 2, side, device="meta"))
+        if low > m:  # e.g. PAN: 16-divisible but at least 128
+            with pytest.raises(InputSizeError, match=f"at least {low}"):
+                model(torch.zeros(1, 3, low - m, low, device="meta"))
+
+
+def test_smp_study_baselines_are_the_same_models():
+    with torch.device("meta"):
+        for study, name in [
+            ("unetplusplus_resnet34", "smp:UnetPlusPlus:resnet34"),
+            ("deeplabv3plus_resnet34", "smp:deeplabv3plus:resnet34"),  # arch: any case
+        ]:
+            a, b = create_model(study, num_classes=5), create_model(name, num_classes=5)
+            assert count_params(a) == count_params(b)
+            assert a.size_multiple == b.size_multiple
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "match"),
+    [
+        ("smp:Unte:resnet18", UnknownNameError, "smp architecture 'Unte'. Did you mean 'Unet'"),
+        ("smp:Unet:resnet81", UnknownNameError, "smp encoder .*Did you mean 'resnet18'"),
+        ("smp:Unet:tu-resnet81", UnknownNameError, "timm encoder .*Did you mean 'tu-resnet18'"),
+        ("smp:Unet", ConfigError, "smp:ARCH:ENCODER"),
+        ("smp:UnetPlusPlus:mit_b0", ConfigError, "smp cannot build smp:UnetPlusPlus:mit_b0"),
+    ],
+)
+def test_bad_smp_names_are_explained(name: str, error: type, match: str):
+    from satunet.models import check_model_name
+
+    with pytest.raises(error, match=match):
+        create_model(name, num_classes=3)
+    if error is UnknownNameError or name == "smp:Unet":
+        with pytest.raises(error, match=match):
+            check_model_name(name)
+
+
+def test_check_and_describe_model_names():
+    from satunet.models import check_model_name, describe_model
+
+    for name in ["unet_fast", "smp:FPN:mobilenet_v2", "smp:Unet:tu-resnet18", "mine.toml:a"]:
+        check_model_name(name)  # builds nothing
+    with pytest.raises(UnknownNameError, match="Did you mean 'unet_fast'"):
+        check_model_name("unet_fats")
+    assert describe_model("smp:FPN:mobilenet_v2") == "smp FPN with a mobilenet_v2 encoder"
+    assert describe_model("unet_fast").startswith("satunet:")
+
+
+def test_smp_options_pass_through_and_unknown_ones_are_errors():
+    assert model_options("smp:Unet:resnet18")[:3] == [
+        "encoder_weights",
+        "encoder_depth",
+        "decoder_use_norm",
+    ]
+    assert "activation" not in model_options("smp:Unet:resnet18")  # satunet wants logits
+    with torch.device("meta"):
+        shallow = create_model(
+            "smp:Unet:resnet18", num_classes=3, encoder_depth=4, decoder_channels=[64, 32, 16, 8]
+        )
+    assert shallow.size_multiple == 16
+    with pytest.raises(UnknownNameError, match="Did you mean 'decoder_channels'"):
+        create_model("smp:Unet:resnet18", num_classes=3, decoder_chanels=[8])
+    with pytest.raises(ConfigError, match="with options"):
+        create_model("smp:Unet:resnet18", num_classes=3, encoder_depth=4)  # 5 decoder channels
+
+
+def test_segformer_mit_builds_on_the_meta_device():
+    # mit_b* encoders call .item() while building: satunet builds them on the CPU, then moves
+    with torch.device("meta"):
+        model = create_model("smp:Segformer:mit_b0", num_classes=5)
+    assert next(model.parameters()).device.type == "meta"
+    assert count_params(model) == 3_715_429
+
+
+@pytest.mark.parametrize("name", ["smp:FPN:mobilenet_v2", "smp:Unet:tu-resnet18"])
+def test_smp_imagenet_offline_fails_fast(monkeypatch: pytest.MonkeyPatch, name: str):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError, match="could not fetch.*encoder_weights="):
+        create_model(name, num_classes=5, encoder_weights="imagenet")
+    assert time.perf_counter() - start < 30
+
+
+def test_smp_local_encoder_weights(tmp_path):
+    source = create_model("smp:FPN:mobilenet_v2", num_classes=5)
+    weights = {k: v.clone().fill_(0.25) for k, v in source.encoder.state_dict().items()}
+    weights["classifier.1.weight"] = torch.zeros(1000, 1280)  # a torchvision file's classifier
+    torch.save(weights, tmp_path / "mobilenet_v2.pth")
+    model = create_model(
+        "smp:FPN:mobilenet_v2", num_classes=5, encoder_weights=tmp_path / "mobilenet_v2.pth"
+    )
+    assert all(
+        torch.all(t == 0.25) for t in model.encoder.state_dict().values() if t.is_floating_point()
+    )
+
+    with pytest.raises(WeightsUnavailableError, match="neither 'imagenet' nor an existing file"):
+        create_model("smp:FPN:mobilenet_v2", num_classes=5, encoder_weights="nope.pth")
+    with pytest.raises(WeightsUnavailableError, match="does not match the resnet18 encoder"):
+        create_model(
+            "smp:Unet:resnet18", num_classes=5, encoder_weights=tmp_path / "mobilenet_v2.pth"
+        )
+
+
+def test_smp_timm_encoder_takes_a_timm_state_dict(tmp_path):
+    import timm
+
+    timm_model = timm.create_model("resnet18", pretrained=False)  # what timm's hub file holds
+    torch.nn.init.constant_(timm_model.conv1.weight, 0.5)
+    torch.save(timm_model.state_dict(), tmp_path / "resnet18_timm.pth")
+    model = create_model(
+        "smp:Unet:tu-resnet18", num_classes=3, encoder_weights=str(tmp_path / "resnet18_timm.pth")
+    )
+    assert torch.all(model.encoder.model.conv1.weight == 0.5)
+
+
+def test_smp_model_checkpoint_round_trip(tmp_path):
+    from satunet.checkpoint import load_checkpoint, save_checkpoint
+
+    model = create_model("smp:Unet:resnet18", num_classes=3, decoder_channels=[64, 32, 16, 8, 8])
+    save_checkpoint(
+        tmp_path / "best.pt",
+        model,
+        model_name="smp:Unet:resnet18",
+        model_options={"decoder_channels": [64, 32, 16, 8, 8], "encoder_weights": "imagenet"},
+        in_channels=3,
+        num_classes=3,
+        classes=["a", "b", "c"],
+    )
+    loaded, state = load_checkpoint(tmp_path / "best.pt")  # never fetches the imagenet weights
+    assert loaded.size_multiple == 32 and loaded.num_classes == 3
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model.eval()(x))
+
+
+def test_models_cli_lists_every_smp_architecture(capsys: pytest.CaptureFixture):
+    import json
+
+    from satunet.cli import main
+    from satunet.models import smp_architectures
+
+    assert main(["models", "--all-smp", "--format", "json", "--num-classes", "5"]) == 0
+    catalog = json.loads(capsys.readouterr().out)
+    rows = {r["architecture"]: r for r in catalog["architectures"]}
+    assert set(rows) == set(smp_architectures())
+    assert rows["UnetPlusPlus"]["params"] == 26_079_189  # the study's baseline, same model
+    assert rows["DeepLabV3Plus"]["name"] == "smp:DeepLabV3Plus:resnet34"
+    assert all(r["gmacs"] > 0 and r["size"] == 512 for r in rows.values())
+    assert {"resnet18", "mobilenet_v2", "mit_b0"} <= set(catalog["encoders"])

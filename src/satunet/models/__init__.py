@@ -9,7 +9,17 @@ from functools import partial
 from torch import nn
 
 from satunet.errors import UnknownNameError
-from satunet.models.baselines import deeplabv3plus_resnet34, unetplusplus_resnet34
+from satunet.models.baselines import (
+    SMP_PREFIX,
+    build_smp,
+    deeplabv3plus_resnet34,
+    parse_smp_name,
+    smp_architectures,
+    smp_default_encoder,
+    smp_encoders,
+    smp_options,
+    unetplusplus_resnet34,
+)
 from satunet.models.presets import (
     load_presets,
     preset_from_file,
@@ -26,11 +36,17 @@ __all__ = [
     "Level",
     "Preset",
     "UNet",
+    "SMP_PREFIX",
+    "check_model_name",
     "create_model",
+    "describe_model",
     "list_models",
     "load_presets",
     "model_options",
     "save_presets",
+    "smp_architectures",
+    "smp_default_encoder",
+    "smp_encoders",
 ]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -40,28 +56,50 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "deeplabv3plus_resnet34": deeplabv3plus_resnet34,
 }
 
-DESCRIPTIONS: dict[str, str] = {
-    "unet_base": "study: classic UNet, 4 down steps, 64..1024 wide, 2 convs per block",
-    "unet_short": "study: 3 down steps, 128..512 wide, 2 convs per block",
-    "unet_skinny": "study: 6 down steps, 32..512 wide, 1 conv per block (fastest study UNet)",
-    "unet_less_conv": "study: skinny with 3 convs in the two top levels",
-    "unet_fast": "satunet: stride-2 stem, 32..512 wide, bilinear up, PPM context (<= 12 GMACs)",
-    "unet_v2": "satunet: unet_fast with UNet v2 semantic-detail infusion (SDI) skips",
+# A preset's description lives with its design in unet.PRESETS; baselines describe themselves here.
+DESCRIPTIONS: dict[str, str] = {name: p.description for name, p in PRESETS.items()} | {
     "unetplusplus_resnet34": "study baseline: smp UNet++ with a resnet34 encoder",
     "deeplabv3plus_resnet34": "study baseline: smp DeepLabV3+ with a resnet34 encoder",
 }
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`, in registry order."""
+    """The registry's names, in registry order.
+
+    :func:`create_model` also takes ``smp:ARCH:ENCODER`` (any smp architecture and encoder; see
+    :func:`smp_architectures`, :func:`smp_encoders`) and ``FILE:NAME`` presets-file references.
+    """
     return list(MODELS)
+
+
+def check_model_name(name: str) -> None:
+    """Raise :class:`UnknownNameError` (with close matches) unless create_model takes ``name``.
+
+    Cheap: builds nothing. Presets-file references are only checked for their form here.
+    """
+    if name in MODELS or split_reference(name) is not None:
+        return
+    if parse_smp_name(name) is None:
+        raise UnknownNameError("model", name, MODELS)
+
+
+def describe_model(name: str) -> str:
+    """One line about a model, for tables (``""`` for a presets-file reference)."""
+    smp_name = parse_smp_name(name) if name not in MODELS else None
+    if smp_name is not None:
+        return f"smp {smp_name[0]} with a {smp_name[1]} encoder"
+    return DESCRIPTIONS.get(name, "")
 
 
 def model_options(name: str) -> list[str]:
     """The extra keyword options a model accepts beyond in_channels and num_classes.
 
-    A UNet preset's own options (e.g. ``upsample``) can be overridden, so they are listed too.
+    A UNet preset's own options (e.g. ``upsample``) can be overridden, so they are listed too;
+    ``smp:ARCH:ENCODER`` models take ``encoder_weights`` and the smp class's own arguments.
     """
+    smp_name = parse_smp_name(name) if name not in MODELS else None
+    if smp_name is not None:
+        return smp_options(smp_name[0])
     if name not in MODELS:
         raise UnknownNameError("model", name, MODELS)
     params = inspect.signature(
@@ -73,10 +111,14 @@ def model_options(name: str) -> list[str]:
 def create_model(name: str, *, in_channels: int = 3, num_classes: int, **options) -> nn.Module:
     """Build a model by registry name or presets-file reference (``"my.toml:NAME"``).
 
-    Unknown names and options are errors, never ignored.
+    Also takes ``"smp:ARCH:ENCODER"`` (e.g. ``"smp:FPN:mobilenet_v2"``). Unknown names and
+    options are errors, never ignored.
     """
-    reference = split_reference(name) if name not in MODELS else None
-    if reference is not None:
+    smp_name = parse_smp_name(name) if name not in MODELS else None
+    reference = split_reference(name) if name not in MODELS and smp_name is None else None
+    if smp_name is not None:
+        allowed = smp_options(smp_name[0])
+    elif reference is not None:
         preset = preset_from_file(*reference)
         allowed = unet_option_names()
     elif name in MODELS:
@@ -86,6 +128,8 @@ def create_model(name: str, *, in_channels: int = 3, num_classes: int, **options
     for key in options:
         if key not in allowed:
             raise UnknownNameError(f"option of model {name!r}", key, allowed)
+    if smp_name is not None:
+        return build_smp(*smp_name, in_channels=in_channels, num_classes=num_classes, **options)
     if reference is not None:
         return preset.build(in_channels=in_channels, num_classes=num_classes, **options)
     return MODELS[name](in_channels=in_channels, num_classes=num_classes, **options)
