@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import pickle
+import subprocess
+import sys
 from functools import partial
 
 import pytest
@@ -18,8 +21,10 @@ from satunet.benchmark import (
     describe_machine,
     measure_peak_conv_gflops,
 )
+from satunet.benchmark.child import build_child_model, read_child_spec
 from satunet.errors import ConfigError, UnknownNameError
-from satunet.models import Level, UNet
+from satunet.models import Level, UNet, create_model
+from satunet.profile import count_params
 
 TINY = partial(UNet, (Level(4), Level(8)), num_classes=3)
 SMALL = partial(UNet, (Level(8), Level(16), Level(16)), num_classes=3)
@@ -118,8 +123,8 @@ def test_peak_memory_is_measured_and_grows_with_batch_size() -> None:
     assert large - small > 7 * 9 * 0.5
 
 
-def test_unpicklable_model_gets_no_memory_figure_but_a_warning(caplog) -> None:
-    class Local(nn.Module):  # defined in a function: a child process cannot unpickle it
+def test_model_not_describable_as_data_gets_no_memory_figure_but_a_warning(caplog) -> None:
+    class Local(nn.Module):  # neither a registry name nor a UNet design: the child cannot build it
         def __init__(self) -> None:
             super().__init__()
             self.conv = nn.Conv2d(3, 3, 1)
@@ -131,7 +136,58 @@ def test_unpicklable_model_gets_no_memory_figure_but_a_warning(caplog) -> None:
         {"local": Local}, reference=None, measure_train=False, measure_infer=False, **FAST
     )
     assert report.rows[0]["peak_mem_mb"] is None
-    assert "cannot be pickled" in caplog.text
+    assert "rebuilds models from data only" in caplog.text
+
+
+CHILD = {"name": "m", "model": "unet_skinny", "options": {}, "precision": "fp32",
+         "channels_last": False, "size": 64, "batch_size": 1, "in_channels": 3,
+         "num_classes": 3, "threads": 1, "device": "cpu"}  # fmt: skip
+
+
+def test_child_builds_from_a_registry_name_or_a_unet_design(tmp_path) -> None:
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps(CHILD))
+    assert count_params(build_child_model(read_child_spec(registry))) == count_params(
+        create_model("unet_skinny", in_channels=3, num_classes=3)
+    )
+    design = {k: v for k, v in CHILD.items() if k not in ("model", "options")}
+    design["design"] = {"levels": [[4, 1], [8, 1]], "upsample": "bilinear"}
+    path = tmp_path / "design.json"
+    path.write_text(json.dumps(design))
+    model = build_child_model(read_child_spec(path))
+    assert isinstance(model, UNet) and model.options == {"upsample": "bilinear"}
+
+
+def test_child_refuses_a_pickle_and_unknown_keys(tmp_path) -> None:
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    pickled = tmp_path / "model.pt"
+    torch.save(Evil(), pickled)
+    with pytest.raises(ConfigError, match="never unpickles"):
+        read_child_spec(pickled)
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ConfigError, match="never unpickles"):
+        read_child_spec(raw)
+    old_style = tmp_path / "old.json"  # what the parent used to send: a path to unpickle
+    old_style.write_text(json.dumps({**CHILD, "model": None, "pickle": str(pickled)}))
+    with pytest.raises(ConfigError, match="unknown spec key.*pickle"):
+        read_child_spec(old_style)
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps({**CHILD, "design": {"levels": [[4], [8]]}}))
+    with pytest.raises(ConfigError, match="exactly one"):
+        read_child_spec(both)
+    # the entry point itself: a clean error, exit 2, and the pickle never ran
+    proc = subprocess.run(
+        [sys.executable, "-m", "satunet.benchmark", str(pickled)],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "never unpickles" in proc.stderr
+    assert not marker.exists()
 
 
 def test_reference_from_the_registry_is_measured_too() -> None:
@@ -178,6 +234,22 @@ def test_cli_json(capsys) -> None:
     assert cli.main(argv) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["name"] == "unet_skinny" and row["train_img_s"] > 0 and row["infer_img_s"] > 0
+
+
+def test_cli_empty_models_is_a_clean_error(capsys) -> None:
+    assert cli.main(["benchmark", "--models", "", "--no-memory"]) == 2
+    assert "names no model" in capsys.readouterr().err
+    assert cli.main(["benchmark", "--models", " , ", "--no-memory"]) == 2
+
+
+def test_cli_device_auto(capsys) -> None:
+    argv = ["benchmark", "--models", "unet_skinny", "--size", "64", "--batch-size", "2",
+            "--rounds", "1", "--warmup", "0", "--reference", "none", "--no-memory",
+            "--no-train", "--format", "json", "--device", "auto"]  # fmt: skip
+    assert cli.main(argv) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert row["device"] == expected and row["infer_img_s"] > 0
 
 
 def test_cli_unknown_model_is_a_clean_error(capsys) -> None:

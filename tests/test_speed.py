@@ -8,15 +8,8 @@ from torch import nn
 
 from satunet.errors import DeviceError, SatunetError
 from satunet.models import Level, UNet, create_model
-from satunet.speed import (
-    autocast_context,
-    check_device,
-    compare_outputs,
-    fold_batchnorm,
-    inference_context,
-    prepare_for_inference,
-    to_input,
-)
+from satunet.runtime import autocast_context, inference_context, resolve_device, to_input
+from satunet.speed import compare_outputs, fold_batchnorm, prepare_for_inference
 
 
 def _randomize_bn(model: nn.Module) -> nn.Module:
@@ -138,15 +131,21 @@ def test_autocast_fp32_is_a_no_op() -> None:
         ("tpu", "fp32", "device"),
     ],
 )
-def test_check_device_explains_bad_choices(device: str, precision: str, match: str) -> None:
+def test_resolve_device_explains_bad_choices(device: str, precision: str, match: str) -> None:
     with pytest.raises(DeviceError, match=match):
-        check_device(device, precision)  # type: ignore[arg-type]
+        resolve_device(device, precision)
+
+
+def test_prepare_for_inference_accepts_auto() -> None:
+    model = prepare_for_inference(_tiny(), device="auto")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert next(model.parameters()).device.type == expected
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
-def test_check_device_without_cuda() -> None:
+def test_resolve_device_without_cuda() -> None:
     with pytest.raises(DeviceError, match="no CUDA GPU"):
-        check_device("cuda")
+        resolve_device("cuda")
 
 
 @pytest.mark.slow

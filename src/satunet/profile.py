@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from satunet.models import create_model, describe_model
+
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (all of them, as torchsummary and the study count)."""
@@ -104,8 +106,6 @@ def model_facts(
 
     Built on the meta device: no weights are allocated and no real compute is done.
     """
-    from satunet.models import DESCRIPTIONS, create_model
-
     with torch.device("meta"):
         model = create_model(name, in_channels=in_channels, num_classes=num_classes)
     return ModelFacts(
@@ -113,5 +113,5 @@ def model_facts(
         params=count_params(model),
         gmacs=round(count_gmacs(model, size, in_channels), 2),
         study_footprint_mb=study_footprint_mb(model, size, in_channels),
-        description=DESCRIPTIONS.get(name, ""),
+        description=describe_model(name),
     )

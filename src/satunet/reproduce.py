@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from satunet.config import DataConfig, ModelConfig, RunConfig, TrainConfig, validate
 from satunet.errors import ConfigError, UnknownNameError
+from satunet.evaluate import evaluate_checkpoint
+from satunet.files import PathLike, atomic_write_text
+from satunet.models import list_models
+from satunet.profile import model_facts
+from satunet.report import fmt
+from satunet.train import train_from_config
 
 log = logging.getLogger(__name__)
-
-PathLike = str | os.PathLike[str]
 Dataset = Literal["loveda", "landcoverai"]
 Labels = Literal["official", "study"]
 
@@ -164,12 +167,13 @@ class ReproduceReport:
         ]
         for r in self.rows:
             p = r.get("published") or {}
+            published = f"{p['params']:,}" if p.get("params") is not None else "–"
             lines.append(
-                f"| `{r['model']}` | {r['params']:,} | {_num(p.get('params'), ',')} | "
-                f"{_num(r['study_footprint_mb'], ',.2f')} | {_num(p.get('footprint_mb'), ',.2f')} "
-                f"| {_num(r['epoch_s'], ',.1f')} | {_num(p.get('epoch_s'), ',.1f')} | "
-                f"{r['epochs_run']} | {_num(r['miou'], '.4f')} | {_num(r['study_miou'], '.4f')} | "
-                f"{_num(p.get('miou'), '.4f')} |"
+                f"| `{r['model']}` | {r['params']:,} | {published} | "
+                f"{fmt(r['study_footprint_mb'], 2)} | {fmt(p.get('footprint_mb'), 2)} "
+                f"| {fmt(r['epoch_s'], 1)} | {fmt(p.get('epoch_s'), 1)} | "
+                f"{r['epochs_run']} | {fmt(r['miou'], 4)} | {fmt(r['study_miou'], 4)} | "
+                f"{fmt(p.get('miou'), 4)} |"
             )
         classes = _all_classes(self.rows, study["classes"])
         lines += [
@@ -195,17 +199,15 @@ class ReproduceReport:
                 ),
             )
             for i, (metric, miou, per_class) in enumerate(variants):
-                cells = [_num(per_class.get(c), ".4f") for c in classes]
+                cells = [fmt(per_class.get(c), 4) for c in classes]
                 name = f"`{r['model']}`" if i == 0 else ""
-                lines.append(
-                    f"| {name} | {metric} | {_num(miou, '.4f')} | " + " | ".join(cells) + " |"
-                )
+                lines.append(f"| {name} | {metric} | {fmt(miou, 4)} | " + " | ".join(cells) + " |")
         lines += [
             "",
             "¹ The study's torchsummary 'memory footprint' at 512x512 for this run's class count "
             "(a proxy, not memory; `satunet benchmark` measures memory).",
             "² Mean wall time per epoch on this machine, training plus validation as in the study "
-            f"(training only: {', '.join(_num(r['train_s'], '.1f') for r in self.rows)} s).",
+            f"(training only: {', '.join(fmt(r['train_s'], 1) for r in self.rows)} s).",
             "³ The study's metric is a per-image mean over images where the class is in the "
             "ground truth or the prediction, averaged over all classes including no-data / "
             "background; 'mIoU' is the standard one from one confusion matrix"
@@ -217,20 +219,12 @@ class ReproduceReport:
 
     def save(self, out_dir: PathLike) -> dict[str, Path]:
         """Write reproduce.md and reproduce.json into ``out_dir`` (atomically)."""
-        from satunet.report import atomic_write_text
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         files = {"reproduce.md": self.to_markdown(), "reproduce.json": self.to_json() + "\n"}
         for name, text in files.items():
             atomic_write_text(out / name, text)
         return {name: out / name for name in files}
-
-
-def _num(value: Any, spec: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return format(value, spec)
 
 
 def _all_classes(rows: Sequence[dict[str, Any]], published: Sequence[str]) -> list[str]:
@@ -283,11 +277,6 @@ def reproduce(
     The best checkpoint (lowest validation loss) is scored on LandCover.ai's labelled test split,
     and on the validation split for LoveDA, whose official test labels are withheld.
     """
-    from satunet.config import DataConfig, ModelConfig, RunConfig, TrainConfig, validate
-    from satunet.models import list_models
-    from satunet.profile import model_facts
-    from satunet.train import train_from_config
-
     if data not in STUDY_TABLES:
         raise UnknownNameError("dataset", data, STUDY_TABLES)
     if labels not in ("official", "study"):
@@ -325,26 +314,7 @@ def reproduce(
         scores = summary["best"] or {}
         if data == "landcoverai":
             scores = _score_test(run_dir, device, progress)
-        num_classes = len(scores.get("classes") or ()) or None
-        facts = model_facts(name, num_classes=num_classes or 5, size=512)
-        rows.append(
-            {
-                "model": name,
-                "run_dir": str(run_dir),
-                "params": facts.params,
-                "study_footprint_mb": facts.study_footprint_mb,
-                "epoch_s": summary["mean_epoch_time_s"],
-                "train_s": summary["mean_train_time_s"],
-                "epochs_run": summary["epochs_run"],
-                "best_epoch": summary["best_epoch"],
-                "classes": list(scores.get("classes") or ()),
-                "miou": scores.get("miou"),
-                "iou": list(scores.get("iou") or ()),
-                "study_miou": scores.get("study_miou"),
-                "study_iou": list(scores.get("study_iou") or ()),
-                "published": published_row(data, name),
-            }
-        )
+        rows.append(result_row(data, name, run_dir, summary, scores))
     settings = {
         "root": str(root),
         "epochs": epochs,
@@ -358,9 +328,31 @@ def reproduce(
     return report
 
 
-def _score_test(run_dir: Path, device: str, progress: bool) -> dict[str, Any]:
-    from satunet.evaluate import evaluate_checkpoint
+def result_row(
+    data: str, name: str, run_dir: Path, summary: dict[str, Any], scores: dict[str, Any]
+) -> dict[str, Any]:
+    """One model's row: its facts, the run's times and scores, and the published figures."""
+    num_classes = len(scores.get("classes") or ()) or None
+    facts = model_facts(name, num_classes=num_classes or 5, size=512)
+    return {
+        "model": name,
+        "run_dir": str(run_dir),
+        "params": facts.params,
+        "study_footprint_mb": facts.study_footprint_mb,
+        "epoch_s": summary["mean_epoch_time_s"],
+        "train_s": summary["mean_train_time_s"],
+        "epochs_run": summary["epochs_run"],
+        "best_epoch": summary["best_epoch"],
+        "classes": list(scores.get("classes") or ()),
+        "miou": scores.get("miou"),
+        "iou": list(scores.get("iou") or ()),
+        "study_miou": scores.get("study_miou"),
+        "study_iou": list(scores.get("study_iou") or ()),
+        "published": published_row(data, name),
+    }
 
+
+def _score_test(run_dir: Path, device: str, progress: bool) -> dict[str, Any]:
     scores = evaluate_checkpoint(
         run_dir / "best.pt", split="test", val_fraction=0, device=device, progress=progress
     )

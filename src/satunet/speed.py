@@ -7,88 +7,16 @@ fp32 eager within float rounding; bf16/fp16 change the logits and are measured, 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-from collections.abc import Iterator
-from typing import Literal
 
 import torch
 from torch import nn
 
 from satunet.errors import DeviceError, SatunetError
+from satunet.runtime import Precision, resolve_device, to_channels_last
 
 log = logging.getLogger(__name__)
-
-Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_device(device: str | torch.device, precision: Precision = "fp32") -> torch.device:
-    """Validate a device/precision pair up front, so a bad choice fails before any work starts."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise DeviceError(f"unknown device {str(device)!r}: use 'cpu', 'cuda' or 'cuda:N'") from e
-    if precision not in PRECISIONS:
-        raise DeviceError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"device {str(device)!r} was asked for but torch sees no CUDA GPU "
-                f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(
-                f"device {str(device)!r} does not exist: this machine has "
-                f"{torch.cuda.device_count()} GPU(s)"
-            )
-        if precision == "bf16" and not torch.cuda.is_bf16_supported():
-            raise DeviceError(
-                f"{torch.cuda.get_device_name(dev)} does not support bf16; use --precision fp16"
-            )
-    elif dev.type == "cpu":
-        if precision == "fp16":
-            raise DeviceError(
-                "fp16 autocast is a GPU option; on CPU use --precision bf16 (fast on CPUs with "
-                "AVX-512 BF16 or AMX) or fp32"
-            )
-    else:
-        raise DeviceError(f"device type {dev.type!r} is not supported: use 'cpu' or 'cuda'")
-    return dev
-
-
-def autocast_context(
-    device: str | torch.device, precision: Precision = "fp32"
-) -> contextlib.AbstractContextManager:
-    """The autocast region for ``precision``: a no-op for fp32, torch.autocast otherwise.
-
-    Autocast (rather than casting the model) keeps BatchNorm, softmax and the loss in fp32, which
-    is what makes bf16/fp16 training stable.
-    """
-    dev = torch.device(device)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision not in _DTYPES:
-        raise DeviceError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    return torch.autocast(device_type=dev.type, dtype=_DTYPES[precision])
-
-
-def to_channels_last(model: nn.Module) -> nn.Module:
-    """Store 4-D weights as NHWC (in place), the layout oneDNN and cuDNN tensor cores run fastest.
-
-    Feed inputs through :func:`to_input` with ``channels_last=True`` as well.
-    """
-    return model.to(memory_format=torch.channels_last)
-
-
-def to_input(
-    x: torch.Tensor, device: str | torch.device = "cpu", channels_last: bool = False
-) -> torch.Tensor:
-    """Move a (B, C, H, W) batch to ``device`` in the memory format the model expects."""
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def _example_input(model: nn.Module) -> torch.Tensor:
@@ -205,31 +133,17 @@ def prepare_for_inference(
 ) -> nn.Module:
     """The model as predict/export/benchmark run it: eval mode, on device, with the options on.
 
-    Precision is not baked in: run the returned model inside :func:`inference_context` with the
+    ``device`` is auto, cpu, cuda or cuda:N. Precision is not baked in: run the returned model
+    inside :func:`satunet.runtime.inference_context` with the
     same ``precision``. BN folding returns a copy; the other options change ``model`` in place.
     """
-    dev = check_device(device, precision)
+    dev = resolve_device(device, precision)
     model = model.to(dev).eval()
     if fold_bn:
         model = fold_batchnorm(model)
     if channels_last:
         model = to_channels_last(model)
     return maybe_compile(model, compile)
-
-
-@contextlib.contextmanager
-def inference_context(
-    device: str | torch.device = "cpu", precision: Precision = "fp32"
-) -> Iterator[None]:
-    """``torch.inference_mode`` plus the autocast region of ``precision``."""
-    with torch.inference_mode(), autocast_context(device, precision):
-        yield
-
-
-def synchronize(device: str | torch.device) -> None:
-    """Wait for queued GPU work, so a timer read afterwards covers it (a no-op on CPU)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def compare_outputs(out: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:

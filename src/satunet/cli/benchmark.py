@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from satunet.cli._flags import add_device, add_precision
+
 EXAMPLE = """examples:
   # quick look (about 5 minutes on a 2-core CPU): reduced input size, stated in the output
   satunet benchmark --size 256 --batch-size 2 --rounds 3
@@ -38,8 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--size", type=int, default=512, help="square input size (default 512)")
     p.add_argument("--batch-size", type=int, default=8, help="training/inference batch (8)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    add_device(p)
+    add_precision(p)
     p.add_argument("--channels-last", action="store_true", help="NHWC weights and inputs")
     p.add_argument(
         "--compile", action="store_true", help="torch.compile (compile time reported apart)"
@@ -71,10 +73,15 @@ def run(args: argparse.Namespace) -> int:
     from satunet.errors import ConfigError, UnknownNameError
     from satunet.models import list_models
 
-    if args.models:
-        names = [n.strip() for n in args.models.split(",") if n.strip()]
-    else:
+    if args.models is None:
         names = list(STUDY_MODELS)
+    else:
+        names = [n.strip() for n in args.models.split(",") if n.strip()]
+        if not names:
+            raise ConfigError(
+                f"--models {args.models!r} names no model: give comma-separated names (see "
+                "`satunet models`), or leave --models out for the study's six"
+            )
     for name in names:
         if name not in list_models():
             raise UnknownNameError("model", name, list_models())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from satunet.cli._flags import add_device, add_precision
+
 EXAMPLE = """examples:
   satunet search --budget-ms 100 --trials 12 --out runs/search
   satunet search --budget-gmacs 12 --trials 8 --data loveda --root data/loveda --epochs 2
@@ -36,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", default="runs/search", help="output folder (runs/search)")
     p.add_argument("--size", type=int, default=512, help="square input size (512)")
     p.add_argument("--num-classes", type=int, default=5, help="output classes (5)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (cpu)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    add_device(p)
+    add_precision(p)
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     p.add_argument("--batch-size", type=int, default=1, help="batch for timing (1: latency)")
     p.add_argument("--train", action="store_true", help="also measure training throughput")
@@ -77,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--save-presets {args.save_presets}: the file must end in .toml or .json"
         )
-    from satunet.speed import check_device
+    from satunet.runtime import resolve_device
 
-    check_device(args.device, args.precision)
+    resolve_device(args.device, args.precision)  # a bad --device fails before any work
     progress = sys.stderr.isatty() and not args.quiet
     result = search(
         args.out,
