@@ -32,8 +32,8 @@ from satunet.benchmark.timing import (
     time_train,
 )
 from satunet.checkpoint import unwrap
-from satunet.errors import ConfigError, UnknownNameError
-from satunet.models import MODELS, create_model
+from satunet.errors import ConfigError
+from satunet.models import check_model_name, create_model
 from satunet.profile import count_gmacs, count_params, study_footprint_mb
 from satunet.runtime import Precision, resolve_device
 from satunet.speed import prepare_for_inference
@@ -117,8 +117,7 @@ def model_factories(
     if not factories:
         raise ConfigError("no models to benchmark: name at least one")
     if reference is not None and reference not in factories:
-        if reference not in MODELS:
-            raise UnknownNameError("reference model", reference, [*factories, *MODELS])
+        check_model_name(reference)
         log.info("measuring the reference %s too", reference)
         factories[reference] = None
     return factories

@@ -70,8 +70,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from satunet.benchmark import STUDY_MODELS, benchmark_models
-    from satunet.errors import ConfigError, UnknownNameError
-    from satunet.models import list_models
+    from satunet.errors import ConfigError
+    from satunet.models import check_model_name
 
     if args.models is None:
         names = list(STUDY_MODELS)
@@ -83,8 +83,7 @@ def run(args: argparse.Namespace) -> int:
                 "`satunet models`), or leave --models out for the study's six"
             )
     for name in names:
-        if name not in list_models():
-            raise UnknownNameError("model", name, list_models())
+        check_model_name(name)
     if len(set(names)) != len(names):
         raise ConfigError(f"--models lists a model twice: {args.models}")
     reference = None if args.reference.lower() == "none" else args.reference
