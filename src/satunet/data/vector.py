@@ -1,290 +1,66 @@
 """Vector labels: one or more GeoTIFFs plus a polygon file (GeoPackage, GeoJSON, Shapefile).
 
-Layout: ``root/*.tif`` (any band count, one CRS each, not necessarily the same) and one vector
-file in ``root`` whose features carry a class attribute (``class_field``). Polygons are read
-once with pyogrio, reprojected to each raster's CRS and then to its pixel grid, and burnt per
-tile window on the fly with ``rasterio.features.rasterize`` (pixel centres inside a polygon;
-where polygons overlap the later feature in the file wins). Pixels under no polygon get
-``ignore_index``: unlabelled land is never trained as background. Tiles under no polygon at all
-are left out. Class names come from ``root/classes.json`` (a JSON list of names, or the
-``{"classes": [...], "palette": [...]}`` object of :mod:`satunet.data.folder`) or, without one,
-from the attribute's sorted unique values.
+``root`` holds GeoTIFFs (any band count; each its own CRS) and one vector file whose features
+carry a class attribute (``class_field``). Polygons are read once with pyogrio, reprojected to
+each raster's CRS and pixel grid, and burnt per tile window on the fly with
+``rasterio.features.rasterize`` (pixel centres; where polygons overlap, the later feature in the
+file wins). Pixels under no polygon, and the raster's nodata, get ``ignore_index``: unlabelled
+land is never trained as background. Tiles under no polygon are left out. Class names come from
+``root/classes.json`` (a JSON list of names, or folder.py's ``{"classes": [...]}`` object) or,
+without one, from the attribute's sorted unique values.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from satunet.data.base import RGB, PathLike, Record, Sample, SegmentationDataset, Transform
-from satunet.data.base import label_lut, natural_key
+from satunet.data.base import (
+    RGB,
+    PathLike,
+    Record,
+    Sample,
+    SegmentationDataset,
+    Transform,
+    label_lut,
+)
+from satunet.data.check import CheckReport
 from satunet.data.folder import CLASSES_FILE, default_palette
-from satunet.data.readers import TIFF_SUFFIXES, raster_info
+from satunet.data.readers import raster_info
 from satunet.data.tiling import Window, tile_grid
+from satunet.data.vector_check import (
+    Labels,
+    Scene,
+    check_vector_layout,
+    describe_bad,
+    find_rasters,
+    find_vector,
+    map_classes,
+    read_classes_file,
+    read_labels,
+    scene_labels,
+)
 from satunet.errors import ConfigError, DataError, DatasetNotFoundError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
-VECTOR_SUFFIXES = (".gpkg", ".geojson", ".shp", ".fgb")
 SplitBy = Literal["tile", "raster"]
 
 
-# --------------------------------------------------------------------------- files
-
-
-def find_rasters(root: Path) -> list[Path]:
-    """The GeoTIFFs directly in ``root``, in natural order."""
-    rasters = sorted(
-        (p for p in root.iterdir() if p.suffix.lower() in TIFF_SUFFIXES and p.is_file()),
-        key=natural_key,
-    )
-    if not rasters:
-        raise DatasetNotFoundError(
-            f"{root} holds no GeoTIFF (.tif/.tiff): put the imagery the polygons label there."
-        )
-    return rasters
-
-
-def find_vector(root: Path, labels: PathLike | None = None) -> Path:
-    """The label file: ``labels`` (relative to ``root`` or absolute), else the only one in root."""
-    if labels is not None:
-        path = Path(labels) if Path(labels).is_absolute() else root / labels
-        if not path.is_file():
-            raise DatasetNotFoundError(
-                f"vector labels {path} do not exist: give labels= the name of a GeoPackage, "
-                f"GeoJSON or Shapefile in {root}."
-            )
-        return path
-    found = sorted(p for p in root.iterdir() if p.suffix.lower() in VECTOR_SUFFIXES)
-    if not found:
-        raise DatasetNotFoundError(
-            f"{root} holds no vector labels ({', '.join(VECTOR_SUFFIXES)}): add the polygon "
-            "file there, or name it with labels=."
-        )
-    if len(found) > 1:
-        names = ", ".join(p.name for p in found)
-        raise DataError(f"{root} holds several vector files ({names}): choose one with labels=.")
-    return found[0]
-
-
-@dataclass
-class Labels:
-    """Features of a vector file: fid, geometry (shapely), class attribute value, and CRS."""
-
-    path: Path
-    fids: np.ndarray
-    geometries: np.ndarray
-    values: np.ndarray
-    crs: str | None
-    fields: tuple[str, ...]
-
-
-def vector_fields(path: Path, layer: str | int | None = None) -> tuple[str, ...]:
-    """Attribute names of a vector layer."""
-    import pyogrio
-
-    try:
-        return tuple(str(f) for f in pyogrio.read_info(path, layer=layer)["fields"])
-    except Exception as e:  # noqa: BLE001 - GDAL errors are many types; re-raised with the path
-        raise DataError(f"cannot read vector labels {path}: {e}") from e
-
-
-def read_labels(path: Path, class_field: str, layer: str | int | None = None) -> Labels:
-    """Read geometries and ``class_field`` of every feature (DataError if the field is absent)."""
-    import shapely
-    from pyogrio import raw
-
-    fields = vector_fields(path, layer)
-    if class_field not in fields:
-        raise DataError(
-            f"{path} has no attribute {class_field!r}; its fields are: "
-            f"{', '.join(fields) or '(none)'}. Set class_field= to the one holding the classes."
-        )
-    try:
-        meta, fids, wkb, data = raw.read(path, layer=layer, columns=[class_field], return_fids=True)
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"cannot read vector labels {path}: {e}") from e
-    geometries = shapely.from_wkb(wkb)
-    return Labels(path, np.asarray(fids), geometries, np.asarray(data[0]), meta.get("crs"), fields)
-
-
-# --------------------------------------------------------------------------- classes
-
-
-def read_classes_file(root: Path) -> tuple[list[str] | None, list | None]:
-    """(names, palette) from ``root/classes.json``, (None, None) without one."""
-    path = root / CLASSES_FILE
-    if not path.is_file():
-        return None, None
-    try:
-        spec = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON: {e}") from e
-    if isinstance(spec, dict) and isinstance(spec.get("classes"), list):
-        return [str(c) for c in spec["classes"]], spec.get("palette")
-    if not isinstance(spec, list) or not all(isinstance(c, str) for c in spec):
-        raise DataError(
-            f'{path} must be a JSON list of class names, e.g. ["forest", "water", "urban"] '
-            f"(got {type(spec).__name__}): the attribute's integer values index it, or its "
-            "text values name its entries."
-        )
-    return list(spec), None
-
-
-def _is_missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v))
-
-
-def _numbers(values: np.ndarray) -> bool:
-    """Whether every present value is a number (not text)."""
-    if values.dtype.kind in "iuf":
-        return True
-    return all(
-        isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values
-    )
-
-
-def _bad(values: np.ndarray, fids: np.ndarray, where: np.ndarray) -> dict[str, list[int]]:
-    """{value as text: fids} for the features selected by ``where``."""
-    out: dict[str, list[int]] = {}
-    for v, f in zip(values[where], fids[where], strict=True):
-        out.setdefault(repr(v) if not _is_missing(v) else "null", []).append(int(f))
-    return out
-
-
-def map_classes(
-    values: np.ndarray, fids: np.ndarray, classes: Sequence[str] | None
-) -> tuple[tuple[str, ...], np.ndarray, dict[str, list[int]]]:
-    """(class names, class id per feature (-1: none), {bad value: fids}).
-
-    With ``classes``, integer values are ids into it and text values are its names; any other
-    value is bad. Without, the names are the sorted unique values (as text), ids their rank;
-    null values and non-integer numbers are bad.
-    """
-    missing = np.array([_is_missing(v) for v in values], dtype=bool)
-    present = np.flatnonzero(~missing)
-    ids = np.full(len(values), -1, dtype=np.int64)
-    if _numbers(values[present]):
-        nums = values[present].astype(np.float64)
-        integral = np.isfinite(nums) & (nums == np.round(nums))
-        where, ints = present[integral], nums[integral].astype(np.int64)
-        if classes is not None:
-            names = tuple(classes)
-            known = (ints >= 0) & (ints < len(names))
-            ids[where[known]] = ints[known]
-        else:
-            unique = np.unique(ints)
-            names = tuple(str(v) for v in unique)
-            ids[where] = np.searchsorted(unique, ints)
-    else:  # text names; numbers mixed in are bad values
-        names = tuple(classes) if classes is not None else tuple(
-            sorted({v for v in values[present] if isinstance(v, str)})
-        )
-        lookup = {n: i for i, n in enumerate(names)}
-        for i in present:
-            ids[i] = lookup.get(values[i], -1) if isinstance(values[i], str) else -1
-    return names, ids, _bad(values, fids, ids < 0)
-
-
-def _describe_bad(bad: dict[str, list[int]], path: Path, field: str) -> str:
-    shown = "; ".join(
-        f"{v} (fid {', '.join(map(str, f[:5]))}{' ...' if len(f) > 5 else ''})"
-        for v, f in list(bad.items())[:8]
-    )
-    return (
-        f"{path}: {sum(map(len, bad.values()))} feature(s) have a {field!r} value that is no "
-        f"class: {shown}. Class values must be integers (ids into classes.json) or names; fix "
-        "those features or classes.json. `satunet data check vector` lists them all."
-    )
-
-
-# --------------------------------------------------------------------------- geometry
-
-
-def reproject(geometries: np.ndarray, src_crs: Any, dst_crs: Any) -> np.ndarray:
-    """Geometries from ``src_crs`` to ``dst_crs`` (vertices transformed by GDAL)."""
-    import shapely
-    from rasterio.crs import CRS
-    from rasterio.warp import transform
-
-    src, dst = CRS.from_user_input(src_crs), CRS.from_user_input(dst_crs)
-    if src == dst or len(geometries) == 0:
-        return geometries
-
-    def move(xy: np.ndarray) -> np.ndarray:
-        xs, ys = transform(src, dst, xy[:, 0], xy[:, 1])
-        return np.column_stack([xs, ys])
-
-    return shapely.transform(geometries, move)
-
-
-def to_pixels(geometries: np.ndarray, affine: Any) -> np.ndarray:
-    """Geometries in a raster's CRS to its pixel grid (x = column, y = row)."""
-    import shapely
-
-    inv = ~affine
-
-    def move(xy: np.ndarray) -> np.ndarray:
-        cols = inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c
-        rows = inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f
-        return np.column_stack([cols, rows])
-
-    return shapely.transform(geometries, move)
-
-
-def polygonal(geometries: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Repair invalid geometries and keep their polygon parts (points and lines burn nothing)."""
-    import shapely
-
-    present = ~shapely.is_missing(geometries) & ~shapely.is_empty(geometries)
-    geometries, ids = geometries[present], ids[present]
-    invalid = ~shapely.is_valid(geometries)
-    if invalid.any():
-        log.warning("repairing %d invalid geometries (shapely.make_valid)", int(invalid.sum()))
-        geometries = geometries.copy()
-        geometries[invalid] = shapely.make_valid(geometries[invalid])
-    parts, index = shapely.get_parts(geometries, return_index=True)
-    keep = np.isin(shapely.get_type_id(parts), (3, 6))  # Polygon, MultiPolygon
-    return parts[keep], ids[index[keep]]
-
-
-@dataclass
-class Scene:
-    """One raster and the label polygons over it, in its pixel grid."""
-
-    path: Path
-    height: int
-    width: int
-    geometries: np.ndarray
-    ids: np.ndarray
-
-
-def scene_labels(path: Path, labels: Labels, ids: np.ndarray) -> Scene:
-    """The polygons of ``labels`` over raster ``path``, reprojected to its pixels and clipped."""
+def valid_pixels(path: Path, window: Window) -> np.ndarray:
+    """(height, width) bool: pixels valid in at least one band (GDAL's dataset mask)."""
     import rasterio
-    import shapely
+    from rasterio.windows import Window as RioWindow
 
     with rasterio.open(path) as src:
-        if src.crs is None or src.transform.is_identity:
-            raise DataError(
-                f"{path} has no CRS or geotransform: vector labels need georeferenced rasters "
-                "(assign one with gdal_edit.py -a_srs / QGIS 'Assign projection')."
-            )
-        crs, affine, height, width = src.crs, src.transform, src.height, src.width
-    if labels.crs is None:
-        log.warning("%s has no CRS: assuming %s, the CRS of %s", labels.path, crs, path.name)
-    moved = reproject(labels.geometries, labels.crs or crs, crs)
-    geoms, gids = polygonal(to_pixels(moved, affine), ids)
-    inside = shapely.intersects(geoms, shapely.box(0, 0, width, height))
-    return Scene(path, height, width, geoms[inside], gids[inside])
+        win = RioWindow(window.col, window.row, window.width, window.height)
+        return src.dataset_mask(window=win) > 0
 
 
 def burn(scene: Scene, window: Window, tree: Any, fill: int) -> np.ndarray:
@@ -306,9 +82,6 @@ def burn(scene: Scene, window: Window, tree: Any, fill: int) -> np.ndarray:
         fill=fill,
         dtype=dtype,
     )
-
-
-# --------------------------------------------------------------------------- splits
 
 
 def _n_val(fraction: float, n: int, what: str) -> int:
@@ -337,26 +110,19 @@ def split_records(
     if split == "val":
         return val
     chosen = set(val_idx)
-    return [
-        r
-        for i, r in enumerate(records)
-        if i not in chosen and not any(_overlap(r, v) for v in val)
-    ]
+    return [r for i, r in enumerate(records) if i not in chosen and not _overlaps(r, val)]
 
 
-def _overlap(a: Record, b: Record) -> bool:
-    wa, wb = a.window, b.window
-    assert wa is not None and wb is not None
-    return (
+def _overlaps(a: Record, others: list[Record]) -> bool:
+    wa = a.window
+    return any(
         a.image == b.image
-        and wa.row < wb.row + wb.height
+        and wa.row < (wb := b.window).row + wb.height
         and wb.row < wa.row + wa.height
         and wa.col < wb.col + wb.width
         and wb.col < wa.col + wa.width
+        for b in others
     )
-
-
-# --------------------------------------------------------------------------- dataset
 
 
 class VectorLabels(SegmentationDataset):
@@ -451,7 +217,7 @@ class VectorLabels(SegmentationDataset):
     ) -> tuple[tuple[str, ...], np.ndarray]:
         names, ids, bad = map_classes(feats.values, feats.fids, classes)
         if bad:
-            raise DataError(_describe_bad(bad, feats.path, self.class_field))
+            raise DataError(describe_bad(bad, feats.path, self.class_field))
         if len(names) < 2:
             raise DataError(
                 f"{feats.path}: {self.class_field!r} holds {len(names)} class(es) {list(names)}; "
@@ -476,13 +242,11 @@ class VectorLabels(SegmentationDataset):
                 log.warning("no label polygon over %s: it gives no tiles", path.name)
                 continue
             windows = tile_grid(scene.height, scene.width, tile, stride, cover=True)
-            boxes = shapely.box(
-                [w.col for w in windows],
-                [w.row for w in windows],
-                [w.col + w.width for w in windows],
-                [w.row + w.height for w in windows],
-            )
-            hit = np.unique(shapely.STRtree(scene.geometries).query(boxes, "intersects")[0])
+            corners = np.array([(w.col, w.row, w.col + w.width, w.row + w.height) for w in windows])
+            boxes = shapely.box(*corners.T)
+            tile_i, geom_i = shapely.STRtree(scene.geometries).query(boxes, "intersects")
+            inner = ~shapely.touches(boxes[tile_i], scene.geometries[geom_i])  # not edge-only
+            hit = np.unique(tile_i[inner])
             records += [Record(path, None, windows[i], path.stem) for i in hit]
         if not records:
             raise DataError(
@@ -491,6 +255,12 @@ class VectorLabels(SegmentationDataset):
                 "same area (and that the vector's CRS is right)."
             )
         return records
+
+    @staticmethod
+    def check_layout(report: CheckReport, split: str | None, progress: bool | None) -> None:
+        """`satunet data check vector`: :func:`~satunet.data.vector_check.check_vector` with
+        the default ``class_field`` and classes.json, folded into ``report``."""
+        check_vector_layout(report, split, progress)
 
     @property
     def labeled(self) -> bool:
@@ -509,12 +279,13 @@ class VectorLabels(SegmentationDataset):
         sample = super().read(index)
         record = self.records[index]
         assert record.window is not None and self.ignore_index is not None
-        raw = burn(self.scenes[record.image], record.window, self.tree(record.image),
-                   self.ignore_index)
+        raw = burn(
+            self.scenes[record.image], record.window, self.tree(record.image), self.ignore_index
+        )
+        if self.scenes[record.image].masked:
+            raw[~valid_pixels(record.image, record.window)] = self.ignore_index
         sample["mask"] = torch.from_numpy(raw.astype(np.int64))
         return sample
 
     def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_trees"] = {}  # rebuilt in each DataLoader worker
-        return state
+        return self.__dict__ | {"_trees": {}}  # rebuilt in each DataLoader worker
