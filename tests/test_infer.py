@@ -201,8 +201,8 @@ def test_geotiff_output_keeps_crs_transform_and_nodata(tmp_path: Path) -> None:
     assert result.km2_per_min is not None and result.megapixels_per_s > 0
     with rasterio.open(result.outputs["probabilities"]) as probs:
         p = probs.read().astype(int)
-    assert p.shape == (3, 70, 90) and (p[:, 10:20, 30:50] == 0).all()
-    assert np.abs(p[:, :10].sum(0) - 255).max() <= 2  # quantised probabilities sum to ~1
+    assert p.shape == (3, 70, 90) and (p[:, 10:20, 30:50] == 255).all()  # no-data
+    assert np.abs(p[:, :10].sum(0) - 254).max() <= 2  # round(p * 254): sums to ~254
     assert (p.argmax(0)[:10] == mask[:10]).mean() > 0.99
     preview = Image.open(result.outputs["preview"])
     assert preview.height >= 70 and preview.width > 90  # the legend sits right of the map
@@ -316,8 +316,8 @@ def test_cli_predict_end_to_end(tmp_path: Path, checkpoint: Path, capsys) -> Non
     printed = capsys.readouterr().out
     assert "Mpx/s" in printed and "km2/min" in printed and "2 images" in printed
     assert sorted(p.name for p in out.iterdir()) == [
-        "a.tif", "a_preview.png", "b.tif", "b_preview.png"
-    ]  # fmt: skip
+        "a.tif", "a.tif.aux.xml", "a_preview.png", "b.tif", "b.tif.aux.xml", "b_preview.png"
+    ]  # fmt: skip  (the .aux.xml sidecars hold the class names for GIS software)
 
 
 def test_cli_reports_bad_input_cleanly(tmp_path: Path, checkpoint: Path, capsys) -> None:

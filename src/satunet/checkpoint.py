@@ -31,7 +31,8 @@ class ModelInfo:
 
     ``scale`` is the pixel value that maps to 1.0 (None: the dtype's maximum, 255 or 65535;
     floats as given), applied before ``normalization``; training stores it so predict feeds the
-    model the numbers it was trained on.
+    model the numbers it was trained on. ``bands`` are the 1-based source bands (GDAL order)
+    the model reads, e.g. (4, 3, 2); None: every band, in file order.
     """
 
     name: str
@@ -45,6 +46,7 @@ class ModelInfo:
     scale: float | None = None
     palette: tuple[tuple[int, int, int], ...] | None = None
     size_multiple: int = 1
+    bands: tuple[int, ...] | None = None
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any], model: nn.Module | None = None) -> ModelInfo:
@@ -63,6 +65,7 @@ class ModelInfo:
             scale=state.get("scale"),
             palette=tuple(tuple(int(v) for v in c) for c in palette) if palette else None,
             size_multiple=int(multiple or state.get("size_multiple") or 1),
+            bands=tuple(int(b) for b in state["bands"]) if state.get("bands") else None,
         )
 
     @classmethod
@@ -156,6 +159,7 @@ _LEGACY_KEYWORDS = {
     "normalization": "normalization",
     "scale": "scale",
     "palette": "palette",
+    "bands": "bands",
 }
 
 
@@ -166,7 +170,7 @@ def _record(
     given = {field_: extra.pop(key) for key, field_ in _LEGACY_KEYWORDS.items() if key in extra}
     if given.get("options") is None:
         given.pop("options", None)
-    for key in ("classes", "palette"):
+    for key in ("classes", "palette", "bands"):
         if given.get(key) is not None:
             given[key] = tuple(tuple(v) if isinstance(v, list) else v for v in given[key])
     if info is None:
@@ -229,6 +233,9 @@ def load_checkpoint(
         model.load_state_dict(state["state_dict"])
     except RuntimeError as e:
         raise CheckpointError(
-            f"{path}: weights do not fit model {state['model']!r}: {str(e).splitlines()[0]}"
+            # The whole detail (which keys are missing, unexpected or of another shape), on one
+            # line: the first line alone says only "Error(s) in loading state_dict".
+            f"{path}: weights do not fit model {state['model']!r}: "
+            + " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         ) from e
     return model.to(map_location).eval(), state

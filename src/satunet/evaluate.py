@@ -19,8 +19,9 @@ from satunet.data.splits import dataset_kwargs, split_by_group
 from satunet.data.transforms import eval_transforms
 from satunet.errors import CheckpointError, ConfigError
 from satunet.files import PathLike
+from satunet.infer.tta import tta_logits
 from satunet.metrics import ConfusionMatrix, Scores, StudyImageIoU
-from satunet.runtime import all_sum, autocast_context, resolve_device
+from satunet.runtime import all_sum, autocast_context, rank, resolve_device
 
 __all__ = [
     "Scores",
@@ -36,16 +37,26 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, x: torch.Tensor, *, precision: str = "fp32", channels_last: bool = False
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    tta: str = "none",
 ) -> torch.Tensor:
     """Logits (B, C, H, W) in fp32 for any input size: padded up to the model's size multiple
-    and cropped back, so validation and test tiles need not fit the architecture."""
+    and cropped back, so validation and test tiles need not fit the architecture. ``tta``
+    (none, flip, d4) averages the logits over flips/rotations (:mod:`satunet.infer.tta`)."""
     h, w = x.shape[-2:]
     x = pad_to_multiple(x, getattr(model, "size_multiple", 1))
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+
+    def run(t: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return model(t).float()
+
     with autocast_context(x.device, precision):
-        logits = model(x)
+        logits = tta_logits(run, x, tta)
     return logits[..., :h, :w].float()
 
 
@@ -61,13 +72,16 @@ def evaluate(
     loss_fn: nn.Module | None = None,
     channels_last: bool = False,
     classes: list[str] | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
+    tta: str = "none",
 ) -> Scores:
     """Score ``model`` on every sample of ``loader`` (summed over processes under DDP).
 
     Args:
         loss_fn: if given, also the mean loss per sample (the validation loss of training).
-        progress: show a progress bar (hidden when stderr is not a terminal).
+        progress: show a progress bar; None (the default, e.g. training's validation): on rank
+            0 only. It is always hidden when stderr is not a terminal.
+        tta: test-time augmentation of the logits: none, flip or d4.
     """
     device = torch.device(device)
     was_training = model.training
@@ -75,10 +89,11 @@ def evaluate(
     matrix = ConfusionMatrix(num_classes, ignore_index, device=device)
     study = StudyImageIoU(num_classes, ignore_index)
     loss_sum, seen = 0.0, 0
-    for batch in tqdm(loader, desc="evaluate", leave=False, disable=None if progress else True):
+    show = progress if progress is not None else rank() == 0
+    for batch in tqdm(loader, desc="evaluate", leave=False, disable=None if show else True):
         x = batch["image"].to(device, non_blocking=True)
         y = batch["mask"].to(device, non_blocking=True)
-        logits = predict_logits(model, x, precision=precision, channels_last=channels_last)
+        logits = predict_logits(model, x, precision=precision, channels_last=channels_last, tta=tta)
         if loss_fn is not None:
             loss_sum += float(loss_fn(logits, y)) * len(x)
         pred = logits.argmax(1)
@@ -140,8 +155,10 @@ def evaluate_checkpoint(
     device: str = "auto",
     precision: str = "fp32",
     progress: bool = True,
+    tta: str = "none",
 ) -> Scores:
-    """Rebuild the model of ``checkpoint`` and score it on a dataset split.
+    """Rebuild the model of ``checkpoint`` and score it on a dataset split (``tta``: none,
+    flip or d4 test-time augmentation).
 
     Dataset name, root, scene, normalisation and the validation carve-out default to those the
     checkpoint was trained with (``options`` are extra dataset arguments, e.g. tile_size).
@@ -170,6 +187,7 @@ def evaluate_checkpoint(
         precision=precision,
         classes=state.get("classes") or list(base.classes),
         progress=progress,
+        tta=tta,
     )
     scores.extra = {
         "checkpoint": str(checkpoint),
@@ -180,6 +198,7 @@ def evaluate_checkpoint(
         "scene": d.scene,
         "split": where,
         "precision": precision,
+        "tta": tta,
     }
     return scores
 

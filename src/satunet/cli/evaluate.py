@@ -13,6 +13,7 @@ EXAMPLE = """examples:
   satunet evaluate runs/lc/best.pt --data landcoverai --root data/landcoverai --split test \\
       --format json
   satunet evaluate runs/skinny/best.pt --split val --val-fraction 0   # the dataset's own Val
+  satunet evaluate runs/skinny/best.pt --tta d4     # mean logits over the 8 flips/rotations
 
 Dataset, root, scene and the validation carve-out default to what the checkpoint was trained
 with: on a run trained with --val-fraction F, `--split val` rebuilds the same carve-out of the
@@ -32,7 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", help="best.pt or last.pt written by `satunet train`")
-    p.add_argument("--data", choices=("loveda", "landcoverai", "folder"), help="dataset kind")
+    p.add_argument(
+        "--data", choices=("loveda", "landcoverai", "folder", "vector"), help="dataset kind"
+    )
     p.add_argument("--root", metavar="DIR", help="dataset root folder")
     p.add_argument("--scene", help="LoveDA scene: urban, rural or both")
     p.add_argument("--split", default="val", help="split to score (default val)")
@@ -47,6 +50,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, metavar="N", help="loader workers (0)")
     add_device(p)
     add_precision(p)
+    p.add_argument(
+        "--tta",
+        choices=("none", "flip", "d4"),
+        default="none",
+        help="test-time augmentation: average logits over flips (3 passes) or D4 (8 passes)",
+    )
     p.add_argument("--format", choices=("md", "json"), default="md", help="stdout format (md)")
     p.add_argument("--out", metavar="DIR", help="where scores.json/scores.md go (checkpoint dir)")
     p.set_defaults(run=run)
@@ -55,12 +64,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from satunet.errors import ConfigError
     from satunet.evaluate import evaluate_checkpoint
+    from satunet.files import check_output_dir
     from satunet.report import scores_markdown, write_scores
 
     if args.batch_size < 1 or args.workers < 0:
         raise ConfigError("--batch-size must be >= 1 and --workers >= 0")
     if args.val_fraction is not None and not 0 <= args.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if args.out:  # before the evaluation, not after it
+        check_output_dir(args.out, what="--out folder")
     scores = evaluate_checkpoint(
         args.checkpoint,
         data=args.data,
@@ -74,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         progress=not args.quiet,
+        tta=args.tta,
     )
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     json_path, md_path = write_scores(scores, out)
@@ -81,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(scores.as_dict(), indent=2))
     else:
         meta = scores.extra
-        print(scores_markdown(scores, f"{meta['model']} · {meta['dataset']} · {meta['split']}"))
+        title = f"{meta['model']} · {meta['dataset']} · {meta['split']}"
+        title += f" · TTA {args.tta}" if args.tta != "none" else ""
+        print(scores_markdown(scores, title))
         print(f"wrote {json_path} and {md_path}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from satunet.cli._flags import add_device, add_precision
 
@@ -11,12 +12,38 @@ EXAMPLE = """examples:
   satunet predict best.pt 'scenes/*.tif' --out pred/ --tile 512 --overlap 64 --cog --preview
   satunet predict best.pt big.tif --out pred/ --device cuda --precision bf16 --batch-size 8
   satunet predict best.pt images/ --out pred/ --probabilities
+  satunet predict best.pt s2.tif --out pred/ --bands 4,3,2 --tta d4
+  satunet predict best.pt ortho.tif --out pred/ --vectorize --min-area 25 --simplify 0.5
+  satunet predict best.pt 'tiles/*.tif' --out pred/ --resume-batch   # skip finished scenes
+  torchrun --nproc_per_node 4 -m satunet predict best.pt 'tiles/*.tif' --out pred/
   satunet predict model.onnx scene.tif --out pred/              # ONNX Runtime (satunet export)
   satunet predict best.pt LoveDA/Test/*/images_png --out sub/ --format loveda-submission
 
-TIFF/GeoTIFF inputs give <stem>.tif class masks with the source's CRS, transform and tiling
-(no-data pixels -> 255); PNG/JPEG inputs give <stem>.png. Memory stays flat in the scene height.
+TIFF/GeoTIFF inputs give <stem>.tif class masks with the source's CRS, transform and tiling,
+the model's colour table and class names (no-data pixels -> 255); PNG/JPEG inputs give
+<stem>.png. Memory stays flat in the scene height. A scene that fails is reported and skipped;
+the command then exits 1 naming it. Under torchrun each rank takes every N-th scene.
 """
+
+
+def bands_list(text: str) -> tuple[int, ...]:
+    """'4,3,2' -> (4, 3, 2): 1-based band numbers, like GDAL's -b."""
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected band numbers such as 4,3,2, got {text!r}"
+        ) from None
+    if not bands or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"bands are numbered from 1 (like GDAL), got {text!r}")
+    return bands
+
+
+def non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +81,42 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--preview", action="store_true", help="write <stem>_preview.png, coloured, with a legend"
     )
     p.add_argument(
+        "--bands",
+        type=bands_list,
+        metavar="B,B,...",
+        help="input bands to use, 1-based like GDAL (e.g. 4,3,2; default: the checkpoint's)",
+    )
+    p.add_argument(
+        "--tta",
+        choices=("none", "flip", "d4"),
+        default="none",
+        help="test-time augmentation: mean logits over flips (3x time) or D4 (8x time)",
+    )
+    p.add_argument(
+        "--vectorize",
+        action="store_true",
+        help="also write <stem>.gpkg: one polygon layer with class and class_name fields",
+    )
+    p.add_argument(
+        "--min-area",
+        type=non_negative,
+        default=0.0,
+        metavar="M2",
+        help="with --vectorize: drop regions (and fill holes) smaller than this, in map units²",
+    )
+    p.add_argument(
+        "--simplify",
+        type=non_negative,
+        default=0.0,
+        metavar="M",
+        help="with --vectorize: Douglas-Peucker tolerance in map units (default 0: pixel edges)",
+    )
+    p.add_argument(
+        "--resume-batch",
+        action="store_true",
+        help="skip scenes whose outputs are all complete (from an interrupted run)",
+    )
+    p.add_argument(
         "--format",
         choices=("auto", "loveda-submission"),
         default="auto",
@@ -64,21 +127,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from satunet.data.geotiff import expand_inputs
+    from satunet.errors import ConfigError
     from satunet.infer import (
-        LOVEDA_TEST_IMAGES,
+        Polygons,
+        Shard,
         check_outputs,
         load_predictor,
-        predict_scene,
-        validate_loveda_submission,
-        zip_submission,
+        predict_scenes,
+        with_tta,
     )
-    from satunet.runtime import resolve_device
+    from satunet.runtime import configure_cpu_threads, resolve_device
 
+    if (args.min_area or args.simplify) and not args.vectorize:
+        raise ConfigError("--min-area and --simplify shape --vectorize's polygons: add it")
+    shard = Shard.from_env()
     inputs = expand_inputs(args.inputs)
     out = check_outputs([*inputs, args.checkpoint], args.out, args.format)
     device = args.device
     if args.backend == "torch" and not str(args.checkpoint).lower().endswith(".onnx"):
         device = resolve_device(args.device, args.precision)
+    if shard.world > 1 and not str(device).startswith("cuda"):
+        configure_cpu_threads()  # the cores split over this machine's ranks
     batch_size = args.batch_size or (8 if str(device).startswith("cuda") else 1)
     predictor = load_predictor(
         args.checkpoint,
@@ -87,45 +156,83 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         onnx=args.onnx,
     )
-    pixels = seconds = 0.0
-    area: float | None = 0.0
-    for path in inputs:
-        result = predict_scene(
-            predictor,
-            path,
-            out,
-            tile=args.tile,
-            overlap=args.overlap,
-            batch_size=batch_size,
-            blend=args.blend,
-            probabilities=args.probabilities,
-            cog=args.cog,
-            preview=args.preview,
-            output_format=args.format,
-            progress=not args.quiet,
-        )
-        pixels += result.height * result.width
-        seconds += result.seconds
-        area = None if area is None or result.area_km2 is None else area + result.area_km2
-        speed = f"{result.megapixels_per_s:.2f} Mpx/s"
-        if result.km2_per_min is not None:
-            speed += f", {result.km2_per_min:.2f} km2/min"
-        print(
-            f"{path} -> {result.outputs['mask']}  {result.width}x{result.height} px  "
-            f"{result.seconds:.1f} s  {speed}"
-        )
-    if len(inputs) > 1:
-        total = f"{pixels / 1e6 / max(seconds, 1e-9):.2f} Mpx/s"
-        if area is not None:
-            total += f", {area / max(seconds, 1e-9) * 60:.2f} km2/min"
-        print(f"{len(inputs)} images, {pixels / 1e6:.1f} Mpx in {seconds:.1f} s: {total}")
+    batch = predict_scenes(
+        with_tta(predictor, args.tta),
+        inputs,
+        out,
+        resume=args.resume_batch,
+        keep_going=len(inputs) > 1,  # one scene: its error is the command's (exit 2)
+        shard=shard,
+        on_result=_print_result,
+        on_failure=lambda f: print(f"{f.input}: FAILED: {f.error}", file=sys.stderr),
+        tile=args.tile,
+        overlap=args.overlap,
+        batch_size=batch_size,
+        blend=args.blend,
+        probabilities=args.probabilities,
+        cog=args.cog,
+        preview=args.preview,
+        output_format=args.format,
+        progress=not args.quiet,
+        bands=args.bands,
+        polygons=Polygons(args.min_area, args.simplify) if args.vectorize else None,
+    )
+    _print_summary(batch, len(inputs))
+    if not batch.ok:
+        return 1
     if args.format == "loveda-submission":
-        files = validate_loveda_submission(out, expected=len(inputs))
-        if len(files) != LOVEDA_TEST_IMAGES:
-            print(
-                f"warning: {len(files)} masks; the official LoveDA test split has "
-                f"{LOVEDA_TEST_IMAGES} images, so the server will reject a partial submission"
-            )
-        archive = zip_submission(files, out / "loveda-submission.zip")
-        print(f"valid LoveDA submission: {len(files)} masks zipped into {archive}")
+        _submission(out, len(inputs), shard)
     return 0
+
+
+def _print_result(result) -> None:
+    speed = f"{result.megapixels_per_s:.2f} Mpx/s"
+    if result.km2_per_min is not None:
+        speed += f", {result.km2_per_min:.2f} km2/min"
+    extra = f" + {result.outputs['polygons'].name}" if "polygons" in result.outputs else ""
+    print(
+        f"{result.input} -> {result.outputs['mask']}{extra}  {result.width}x{result.height} px  "
+        f"{result.seconds:.1f} s  {speed}"
+    )
+
+
+def _print_summary(batch, total: int) -> None:
+    results, shard = batch.results, batch.shard
+    who = f"rank {shard.rank} of {shard.world}: " if shard.world > 1 else ""
+    if len(results) > 1:
+        pixels = sum(r.height * r.width for r in results)
+        seconds = sum(r.seconds for r in results)
+        speed = f"{pixels / 1e6 / max(seconds, 1e-9):.2f} Mpx/s"
+        areas = [r.area_km2 for r in results]
+        if all(a is not None for a in areas):
+            speed += f", {sum(areas) / max(seconds, 1e-9) * 60:.2f} km2/min"
+        print(f"{who}{len(results)} images, {pixels / 1e6:.1f} Mpx in {seconds:.1f} s: {speed}")
+    if batch.skipped:
+        print(f"{who}{len(batch.skipped)} scene(s) already complete, skipped (--resume-batch)")
+    if batch.failures:
+        print(
+            f"{who}{len(batch.failures)} of {len(shard.take(range(total)))} scene(s) failed "
+            "and were skipped:",
+            file=sys.stderr,
+        )
+        for f in batch.failures:
+            print(f"  {f.input}: {f.error}", file=sys.stderr)
+
+
+def _submission(out, expected: int, shard) -> None:
+    from satunet.infer import LOVEDA_TEST_IMAGES, validate_loveda_submission, zip_submission
+
+    if shard.world > 1:
+        print(
+            f"rank {shard.rank}: masks written; to validate and zip the submission, run the "
+            "same command once without torchrun, with --resume-batch (nothing is re-predicted)"
+        )
+        return
+    files = validate_loveda_submission(out, expected=expected)
+    if len(files) != LOVEDA_TEST_IMAGES:
+        print(
+            f"warning: {len(files)} masks; the official LoveDA test split has "
+            f"{LOVEDA_TEST_IMAGES} images, so the server will reject a partial submission"
+        )
+    archive = zip_submission(files, out / "loveda-submission.zip")
+    print(f"valid LoveDA submission: {len(files)} masks zipped into {archive}")

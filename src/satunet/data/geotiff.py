@@ -113,17 +113,19 @@ class SceneReader:
             from rasterio.windows import Window
 
             window = Window(0, row0, self.info.width, row1 - row0)
-            try:
-                pixels = self._dataset.read(window=window)
+            try:  # only the bands in use (and the alpha band), 1-based like GDAL
+                pixels = self._dataset.read([i + 1 for i in self._read_bands], window=window)
             except Exception as e:  # noqa: BLE001 - GDAL read errors; re-raised with the path
                 raise DataError(
                     f"cannot read rows {row0}..{row1} of {self.info.path}: {e}. The file is "
                     "truncated or corrupt; re-download or re-export it"
                 ) from e
+        if self._array is not None:
+            pixels = pixels[self._read_bands]
         invalid = None
-        if self._alpha is not None:
-            invalid = pixels[self._alpha] == 0
-        image = pixels[self._image_bands] if self._alpha is not None else pixels
+        if self._alpha is not None:  # the alpha band is read last
+            invalid = pixels[-1] == 0
+        image = pixels[: len(self._image_bands)]
         nodata = self.info.nodata
         if any(v is not None for v in nodata):
             # A pixel is no-data when every band holds its no-data value (GDAL's dataset mask).
@@ -132,6 +134,11 @@ class SceneReader:
                 missing &= band == value if value is not None else False
             invalid = missing if invalid is None else invalid | missing
         return image, invalid
+
+    @property
+    def _read_bands(self) -> list[int]:
+        """0-based bands to read: the image bands, then the alpha band if there is one."""
+        return self._image_bands + ([self._alpha] if self._alpha is not None else [])
 
     def close(self) -> None:
         if self._dataset is not None:
@@ -161,17 +168,31 @@ def _check_dtype(path: Path, dtype: str) -> None:
         )
 
 
-def open_scene(path: PathLike, expected_bands: int | None = None) -> SceneReader:
+def select_bands(path: Path, count: int, bands: Sequence[int]) -> list[int]:
+    """0-based indexes of the 1-based ``bands`` (GDAL's numbering) of a ``count``-band file."""
+    bad = [b for b in bands if not 1 <= int(b) <= count]
+    if bad or not bands:
+        raise DataError(
+            f"{path} has {count} band(s), numbered 1..{count} like GDAL: cannot select bands "
+            f"{list(bands)}; pass e.g. --bands 4,3,2 (or data.options.bands = [4, 3, 2])"
+        )
+    return [int(b) - 1 for b in bands]
+
+
+def open_scene(
+    path: PathLike, expected_bands: int | None = None, bands: Sequence[int] | None = None
+) -> SceneReader:
     """Open an image for reading by rows; errors name the file and say what to do.
 
     An alpha band (RGBA PNGs; GDAL also labels the 4th band of any 4-band uint8 GeoTIFF alpha)
     marks no-data where it is 0 and is not an image band, unless ``expected_bands`` counts it
-    (a 4-band RGB+NIR model reading such a file).
+    (a 4-band RGB+NIR model reading such a file). ``bands`` (1-based, e.g. (4, 3, 2)) reads
+    those bands only, in that order; an alpha band not among them still marks no-data.
     """
     path = Path(path)
     _check_file(path)
     if path.suffix.lower() in PIL_SUFFIXES:
-        return _open_pil(path, expected_bands)
+        return _open_pil(path, expected_bands, bands)
     import rasterio
     from rasterio.enums import ColorInterp
 
@@ -187,9 +208,12 @@ def open_scene(path: PathLike, expected_bands: int | None = None) -> SceneReader
     try:
         _check_dtype(path, dataset.dtypes[0])
         alpha = [i for i, c in enumerate(dataset.colorinterp) if c == ColorInterp.alpha]
-        if expected_bands == dataset.count:
+        if expected_bands == dataset.count and bands is None:
             alpha = []
         image_bands = [i for i in range(dataset.count) if i not in alpha]
+        if bands is not None:
+            image_bands = select_bands(path, dataset.count, bands)
+            alpha = [a for a in alpha if a not in image_bands]
         nodata = tuple(dataset.nodatavals[i] for i in image_bands)
         block = dataset.block_shapes[0] if dataset.profile.get("tiled") else None
         info = SceneInfo(
@@ -211,7 +235,9 @@ def open_scene(path: PathLike, expected_bands: int | None = None) -> SceneReader
     )
 
 
-def _open_pil(path: Path, expected_bands: int | None) -> SceneReader:
+def _open_pil(
+    path: Path, expected_bands: int | None, bands: Sequence[int] | None = None
+) -> SceneReader:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -226,14 +252,15 @@ def _open_pil(path: Path, expected_bands: int | None) -> SceneReader:
     array = array[:, :, None] if array.ndim == 2 else array
     _check_dtype(path, str(array.dtype))
     array = np.ascontiguousarray(array.transpose(2, 0, 1))  # (H, W, C) -> (C, H, W)
-    has_alpha = array.shape[0] in (2, 4) and expected_bands != array.shape[0]  # LA or RGBA
-    bands = array.shape[0] - has_alpha
-    info = SceneInfo(path, array.shape[1], array.shape[2], bands, str(array.dtype), is_tiff=False)
+    # LA or RGBA, unless the model counts the 4th band (or bands are selected explicitly)
+    has_alpha = array.shape[0] in (2, 4) and (expected_bands != array.shape[0] or bool(bands))
+    count = array.shape[0] - has_alpha
+    image_bands = list(range(count)) if bands is None else select_bands(path, count, bands)
+    info = SceneInfo(
+        path, array.shape[1], array.shape[2], len(image_bands), str(array.dtype), is_tiff=False
+    )
     return SceneReader(
-        info,
-        _array=array,
-        _alpha=bands if has_alpha else None,
-        _image_bands=list(range(bands)),
+        info, _array=array, _alpha=count if has_alpha else None, _image_bands=image_bands
     )
 
 
@@ -261,12 +288,40 @@ def temporary_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.part")
 
 
+@dataclass(frozen=True)
+class RasterStyle:
+    """What GIS software shows a raster with: colours, names and units (TIFF outputs only).
+
+    ``colormap`` is band 1's colour table ({value: (r, g, b, a)}); ``descriptions`` one name per
+    band; ``tags`` band 1's metadata items; ``scales`` per-band factors to physical values
+    (GDAL's scale/offset); ``aux_xml`` the text of a GDAL PAM sidecar (``NAME.tif.aux.xml``,
+    e.g. category names and a raster attribute table, which GeoTIFF tags cannot hold).
+    """
+
+    colormap: dict[int, tuple[int, int, int, int]] | None = None
+    descriptions: tuple[str, ...] | None = None
+    tags: dict[str, str] | None = None
+    scales: tuple[float, ...] | None = None
+    aux_xml: str | None = None
+
+    def apply(self, dataset: Any) -> None:
+        """Set these on a rasterio dataset open for writing."""
+        if self.colormap:
+            dataset.write_colormap(1, self.colormap)
+        for i, text in enumerate(self.descriptions or (), start=1):
+            dataset.set_band_description(i, text)
+        if self.tags:
+            dataset.update_tags(1, **self.tags)
+        if self.scales:
+            dataset.scales = self.scales
+
+
 class RasterWriter:
     """Writes a (count, H, W) uint8 raster by row bands, to a temporary name until :meth:`commit`.
 
     TIFF outputs are GeoTIFFs with the source's CRS, transform and tiling (deflate-compressed),
-    turned into a Cloud-Optimized GeoTIFF on commit when ``cog``; other outputs are PNGs built
-    in memory (their inputs were whole in memory too).
+    turned into a Cloud-Optimized GeoTIFF on commit when ``cog``, styled by ``style``; other
+    outputs are PNGs built in memory (their inputs were whole in memory too).
     """
 
     def __init__(
@@ -277,10 +332,11 @@ class RasterWriter:
         count: int = 1,
         nodata: int | None = None,
         cog: bool = False,
+        style: RasterStyle | None = None,
     ):
         self.path = Path(path)
         self.tiff = self.path.suffix.lower() in TIFF_SUFFIXES
-        self.cog = cog
+        self.cog, self.style = cog, style
         self.height, self.width, self.count = like.height, like.width, count
         self._tmp = temporary_name(self.path)
         self._dataset: Any = None
@@ -314,7 +370,10 @@ class RasterWriter:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
                 self._dataset = rasterio.open(self._tmp, "w", **profile)
+                if style is not None:
+                    style.apply(self._dataset)
         except Exception as e:  # noqa: BLE001 - GDAL create errors; re-raised with the path
+            self.abort()
             raise OutputError(f"cannot create {self._tmp}: {e}; check --out") from e
 
     def write(self, rows: np.ndarray, row0: int) -> None:
@@ -343,6 +402,8 @@ class RasterWriter:
                 self._dataset = None
                 if self.cog:
                     self._to_cog()
+                if self.style is not None and self.style.aux_xml:  # before the file appears
+                    files.atomic_write_text(f"{self.path}.aux.xml", self.style.aux_xml)
             os.replace(self._tmp, self.path)
         except OSError as e:
             self.abort()

@@ -17,12 +17,14 @@ from satunet.data.download import download_resources
 from satunet.data.folder import ImageMaskFolder
 from satunet.data.landcoverai import LandCoverAI
 from satunet.data.loveda import LoveDA
-from satunet.errors import DatasetNotFoundError, UnknownNameError
+from satunet.data.vector import VectorLabels
+from satunet.errors import ConfigError, UnknownNameError
 
 DATASETS: dict[str, type[SegmentationDataset]] = {
     "loveda": LoveDA,
     "landcoverai": LandCoverAI,
     "folder": ImageMaskFolder,
+    "vector": VectorLabels,
 }
 
 
@@ -85,21 +87,31 @@ def download_dataset(
 
 
 def check_dataset(
-    name: str, root: PathLike, *, split: str | None = None, progress: bool | None = None
+    name: str,
+    root: PathLike,
+    *,
+    split: str | None = None,
+    progress: bool | None = None,
+    tile: int | None = None,
 ) -> CheckReport:
-    """Read every file of a dataset and collect what is wrong (see :class:`CheckReport`)."""
+    """Read every file of a dataset and collect what is wrong (see :class:`CheckReport`).
+
+    A missing root is one more problem in the report, like every other; ``tile`` (the training
+    tile size) also flags images smaller than it.
+    """
     cls = dataset_class(name)
+    if tile is not None and tile < 1:
+        raise ConfigError(f"tile must be a positive number of pixels, got {tile}")
     root = Path(root)
+    report = CheckReport(name, root, {}, tile=tile)
     if not root.is_dir():
         hint = (
             f" or fetch it with `satunet data download {name} --root {root}`"
             if cls.resources
             else ""
         )
-        raise DatasetNotFoundError(
-            f"dataset root {root} does not exist: pass the folder holding the data with "
-            f"--root{hint}."
-        )
-    report = CheckReport(name, root, {})
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        report.problem(root, f"{what}: pass the folder holding the data with --root{hint}")
+        return report
     cls.check_layout(report, split, progress)
     return report

@@ -26,6 +26,7 @@ __all__ = [
     "dataset_scale",
     "make_loaders",
     "normalization_stats",
+    "one_thread_worker",
     "split_by_group",
 ]
 
@@ -51,8 +52,16 @@ def split_by_group(
     return train_idx, val_idx
 
 
-def normalization_stats(name: str) -> dict[str, list[float]] | None:
-    """Per-band mean/std for a ``data.normalization`` setting (None for "none")."""
+def normalization_stats(name: str | dict) -> dict[str, list[float]] | None:
+    """Per-band mean/std for a ``data.normalization`` setting (None for "none"; explicit
+    ``{"mean": [...], "std": [...]}`` as given; "dataset" is resolved by the trainer first)."""
+    if isinstance(name, dict):
+        return {k: [float(v) for v in name[k]] for k in ("mean", "std")}
+    if name == "dataset":
+        raise ConfigError(
+            'data.normalization = "dataset" needs the training images: resolve it with '
+            "satunet.train.from_config.resolve_normalization first"
+        )
     if name == "none":
         return None
     return {k: list(v) for k, v in dict(IMAGENET_NORMALIZATION).items()}
@@ -114,6 +123,12 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+def one_thread_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: one torch thread per worker, so N workers and the training
+    process do not each run a thread per core."""
+    torch.set_num_threads(1)
+
+
 def make_loaders(
     train: Dataset, val: Dataset, cfg: TrainConfig, device: torch.device
 ) -> tuple[DataLoader, DataLoader]:
@@ -132,6 +147,7 @@ def make_loaders(
         # Not persistent: each epoch's workers then take their seeds from the per-epoch seed,
         # so a resumed run draws the same augmentations as an uninterrupted one.
         persistent_workers=False,
+        worker_init_fn=one_thread_worker if cfg.num_workers > 0 else None,
     )
     sampler = DistributedSampler(train, num_replicas=world, rank=me, shuffle=True, seed=cfg.seed)
     train_loader = DataLoader(train, sampler=sampler, **common)

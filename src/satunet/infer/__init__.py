@@ -2,7 +2,10 @@
 
 - :mod:`satunet.infer.predictors`: a model behind one call (PyTorch or ONNX Runtime)
 - :mod:`satunet.infer.engine`: the streaming tiling/blending engine and :func:`predict_array`
-- :mod:`satunet.infer.scene`: image files in, masks/probabilities/previews out
+- :mod:`satunet.infer.scene`: image files in, masks/probabilities/previews/polygons out
+- :mod:`satunet.infer.gis`: colour tables, class names and no-data for GIS software
+- :mod:`satunet.infer.tta`: test-time augmentation (flips, D4) around any predictor
+- :mod:`satunet.infer.batch`: many scenes, skipping bad files, resumable, sharded over ranks
 - :mod:`satunet.infer.onnx`: export with dynamic axes and the parity check
 - :mod:`satunet.infer.loveda`: the LoveDA test-server submission
 
@@ -12,6 +15,14 @@ and ``normalization``, the rule the datasets use, so a model sees the numbers it
 
 from satunet.checkpoint import DEFAULT_PALETTE, ModelInfo
 from satunet.data.pixels import pad_to_multiple, scale_pixels
+from satunet.infer.batch import (
+    BatchResult,
+    Failure,
+    Shard,
+    predict_scenes,
+    requested_outputs,
+    scene_complete,
+)
 from satunet.infer.engine import (
     NODATA,
     Finish,
@@ -20,6 +31,7 @@ from satunet.infer.engine import (
     predict_array,
     run_bands,
 )
+from satunet.infer.gis import class_aux_xml, class_colormap, class_style, probability_style
 from satunet.infer.loveda import (
     LOVEDA_SIZE,
     LOVEDA_TEST_IMAGES,
@@ -41,12 +53,14 @@ from satunet.infer.predictors import (
 from satunet.infer.scene import (
     PREVIEW_MAX_SIDE,
     OutputFormat,
+    Polygons,
     SceneResult,
     check_outputs,
     output_paths,
     predict_scene,
     save_preview,
 )
+from satunet.infer.tta import TTA_MODES, TtaMode, TtaPredictor, tta_logits, tta_transforms, with_tta
 
 __all__ = [
     "DEFAULT_PALETTE",
@@ -55,20 +69,30 @@ __all__ = [
     "NODATA",
     "ONNX_METADATA_KEY",
     "PREVIEW_MAX_SIDE",
+    "TTA_MODES",
     "Backend",
+    "BatchResult",
     "Exporter",
+    "Failure",
     "Finish",
     "ModelInfo",
     "OnnxPredictor",
     "OutputFormat",
     "Parity",
+    "Polygons",
     "Precision",
     "Predictor",
     "ReadRows",
     "SceneResult",
+    "Shard",
     "TorchPredictor",
+    "TtaMode",
+    "TtaPredictor",
     "check_outputs",
     "check_tiling",
+    "class_aux_xml",
+    "class_colormap",
+    "class_style",
     "export_onnx",
     "load_predictor",
     "onnx_parity",
@@ -76,11 +100,18 @@ __all__ = [
     "pad_to_multiple",
     "predict_array",
     "predict_scene",
+    "predict_scenes",
+    "probability_style",
     "read_onnx_info",
+    "requested_outputs",
     "run_bands",
     "save_preview",
     "scale_pixels",
+    "scene_complete",
     "submission_classes",
+    "tta_logits",
+    "tta_transforms",
     "validate_loveda_submission",
+    "with_tta",
     "zip_submission",
 ]

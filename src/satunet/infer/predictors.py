@@ -154,7 +154,7 @@ def read_onnx_info(path: PathLike) -> ModelInfo:
         )
     try:
         values = json.loads(meta[ONNX_METADATA_KEY])
-        for key in ("classes", "palette"):
+        for key in ("classes", "palette", "bands"):
             if values.get(key) is not None:
                 values[key] = tuple(tuple(v) if isinstance(v, list) else v for v in values[key])
         return ModelInfo(**values)

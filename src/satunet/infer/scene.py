@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,13 +19,23 @@ import torch
 
 from satunet import files
 from satunet.checkpoint import ModelInfo
-from satunet.data.geotiff import RasterWriter, SceneInfo, check_output_dir, gdal_env, open_scene
+from satunet.data.geotiff import (
+    RasterWriter,
+    SceneInfo,
+    SceneReader,
+    check_output_dir,
+    gdal_env,
+    open_scene,
+)
 from satunet.data.tiling import BlendKind, plan_bands
+from satunet.data.vectorize import vectorize_classes
 from satunet.errors import ConfigError, InputSizeError, OutputError
-from satunet.files import PathLike, atomic_path
+from satunet.files import PathLike
 from satunet.infer.engine import NODATA, Writer, check_tiling, run_bands
+from satunet.infer.gis import PROBABILITY_MAX, class_style, probability_style
 from satunet.infer.loveda import check_submission_input, submission_classes
 from satunet.infer.predictors import Predictor
+from satunet.report import plot_scene_preview
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +77,7 @@ def output_paths(
         "mask": out_dir / f"{input.stem}{'.tif' if tiff else '.png'}",
         "probabilities": out_dir / f"{input.stem}_probabilities.tif",
         "preview": out_dir / f"{input.stem}_preview.png",
+        "polygons": out_dir / f"{input.stem}.gpkg",
     }
 
 
@@ -129,29 +140,10 @@ def save_preview(
     classes: np.ndarray, path: PathLike, info: ModelInfo, *, has_nodata: bool = False
 ) -> Path:
     """Colourise (H, W) class ids with the model's palette and add a legend; written atomically."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    path = Path(path)
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[: info.num_classes] = info.colours()[: info.num_classes]
-    rgb = lut[classes]
-    names = list(info.class_names()) + (["no-data"] if has_nodata else [])
-    colours = list(info.colours()[: info.num_classes]) + ([(0, 0, 0)] if has_nodata else [])
-    font = ImageFont.load_default()
-    line, swatch = 18, 12
-    legend_w = 24 + max(int(font.getlength(n)) for n in names) + swatch + 8
-    height = max(rgb.shape[0], 8 + line * len(names))
-    canvas = Image.new("RGB", (rgb.shape[1] + legend_w, height), (255, 255, 255))
-    canvas.paste(Image.fromarray(rgb), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    x = rgb.shape[1] + 8
-    for i, (name, colour) in enumerate(zip(names, colours, strict=True)):
-        y = 8 + i * line
-        draw.rectangle((x, y, x + swatch, y + swatch), fill=tuple(colour), outline=(0, 0, 0))
-        draw.text((x + swatch + 6, y), name, fill=(0, 0, 0), font=font)
-    with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG")
-    return path
+    return plot_scene_preview(
+        classes, path, names=info.class_names(), colours=info.colours(),
+        nodata=NODATA if has_nodata else None,
+    )  # fmt: skip
 
 
 class SceneSink:
@@ -168,18 +160,19 @@ class SceneSink:
         self.probabilities, self.preview = probabilities, preview
         self.writer = Writer()
         self.nodata_count = 0
+        self.outputs: dict[str, Path] = {}
 
     def __call__(self, row0: int, logits: torch.Tensor, nodata: np.ndarray | None) -> None:
         scores = logits[self.selected] if self.selected is not None else logits
         classes = scores.argmax(0).to(torch.uint8).numpy()
         probs = None
         if self.probabilities:
-            probs = (logits.softmax(0) * 255 + 0.5).to(torch.uint8).numpy()
+            probs = (logits.softmax(0) * PROBABILITY_MAX + 0.5).to(torch.uint8).numpy()
         if nodata is not None:
             classes[nodata] = NODATA
             self.nodata_count += int(nodata.sum())
             if probs is not None:
-                probs[:, nodata] = 0
+                probs[:, nodata] = NODATA
         if self.preview is not None:
             self.preview.add(row0, classes)
 
@@ -192,18 +185,39 @@ class SceneSink:
 
 
 def check_scene_options(
-    info: ModelInfo, submission: bool, probabilities: bool, cog: bool, preview: bool
+    info: ModelInfo,
+    submission: bool,
+    probabilities: bool,
+    cog: bool,
+    preview: bool,
+    vectorize: bool = False,
 ) -> None:
     """Refuse option combinations predict_scene cannot honour."""
-    if submission and (probabilities or cog or preview):
+    if submission and (probabilities or cog or preview or vectorize):
         raise ConfigError(
             "--format loveda-submission writes class PNGs only: drop "
-            "--probabilities, --cog and --preview"
+            "--probabilities, --cog, --preview and --vectorize"
         )
     if info.num_classes >= NODATA:
         raise ConfigError(
             f"uint8 masks hold at most {NODATA} classes, model has {info.num_classes}"
         )
+
+
+@dataclass(frozen=True)
+class Polygons:
+    """``--vectorize`` options (see :func:`satunet.data.vectorize.vectorize_classes`)."""
+
+    min_area: float = 0.0  # map units² (m² in a metric CRS): smaller regions are dropped
+    simplify: float = 0.0  # Douglas-Peucker tolerance in map units (0: pixel edges as they are)
+
+    def write(self, classes: Path, out: Path, info: ModelInfo) -> Path:
+        """Vectorise the finished class raster ``classes`` into the GeoPackage ``out``."""
+        names = info.class_names()
+        stats = vectorize_classes(classes, out, classes=names, min_area=self.min_area,
+                                  simplify=self.simplify, nodata=NODATA)  # fmt: skip
+        log.info("%s: %d polygons (%d small regions dropped)", out, stats.polygons, stats.dropped)
+        return out
 
 
 def predict_scene(
@@ -220,55 +234,54 @@ def predict_scene(
     preview: bool = False,
     output_format: OutputFormat = "auto",
     progress: bool = False,
+    bands: Sequence[int] | None = None,
+    polygons: Polygons | None = None,
 ) -> SceneResult:
     """Predict one image file of any size into ``out_dir``, streaming in row bands.
 
-    Writes ``<stem>.tif`` (uint8 classes with the source's CRS, transform and tiling; no-data
-    input pixels, NaN included, become 255) for TIFF inputs or ``<stem>.png`` otherwise; with
-    ``probabilities`` ``<stem>_probabilities.tif`` (one uint8 band per class, p * 255); with
-    ``preview`` a colourised ``<stem>_preview.png`` with a legend. In ``loveda-submission``
-    format it writes ``<id>.png`` with values 0..6. Files appear under their final names only
-    when complete. Refuses an ``out_dir`` where an output would replace ``input``.
+    Writes ``<stem>.tif`` (uint8 classes with the source's CRS, transform and tiling, the
+    model's colour table and class names; no-data input pixels, NaN included, become 255) for
+    TIFF inputs or ``<stem>.png`` otherwise; with ``probabilities`` ``<stem>_probabilities.tif``
+    (one uint8 band per class, named after it, round(p * 254), no-data 255); with ``preview``
+    a colourised ``<stem>_preview.png`` with a legend; with ``polygons`` ``<stem>.gpkg`` (see
+    :mod:`satunet.infer.gis`, :func:`satunet.data.vectorize.vectorize_classes`). ``bands``
+    (1-based) selects the input bands; by default the checkpoint's (``info.bands``). In
+    ``loveda-submission`` format it writes ``<id>.png`` with values 0..6. Files appear under
+    their final names only when complete. Refuses an ``out_dir`` where an output would
+    replace ``input``.
     """
     info = predictor.info
     check_tiling(tile, overlap, batch_size, info.size_multiple)
     submission = output_format == "loveda-submission"
-    check_scene_options(info, submission, probabilities, cog, preview)
-    selected = submission_classes(info) if submission else None
+    check_scene_options(info, submission, probabilities, cog, preview, polygons is not None)
     paths = output_paths(input, out_dir, output_format)
+    if polygons is not None and paths["mask"].suffix != ".tif":
+        raise ConfigError(f"--vectorize needs GeoTIFF inputs; {input} gives a PNG mask")
     check_outputs([input], out_dir, output_format)
     start = time.perf_counter()
-    with gdal_env(), open_scene(input, info.in_channels) as reader:
+    selected = bands if bands is not None else info.bands
+    with gdal_env(), open_scene(input, info.in_channels, selected) as reader:
         scene = reader.info
         check_scene(scene, info, submission)
-        plan = plan_bands(scene.height, scene.width, tile, overlap, min_tiles_per_band=batch_size)
-        log.debug(
-            "%s: %dx%d px, %d bands of %d tile rows x %d tiles, accumulator %s",
-            scene.path, scene.width, scene.height, len(plan.bands), plan.rows_per_band,
-            len(plan.col_origins), plan.buffer_shape(info.num_classes),
-        )  # fmt: skip
-        writers = {"mask": RasterWriter(paths["mask"], scene, nodata=NODATA, cog=cog)}
-        try:
-            if probabilities:
-                writers["probabilities"] = RasterWriter(
-                    paths["probabilities"], scene, count=info.num_classes, cog=cog
-                )
-            thumb = Preview(scene.height, scene.width) if preview else None
-            sink = SceneSink(writers, selected, probabilities, thumb)
-            try:
-                shape = run_bands(
-                    reader.read_rows, plan, predictor, sink, overlap=overlap,
-                    batch_size=batch_size, blend=blend, progress=progress,
-                )  # fmt: skip
-            finally:
-                sink.writer.close()
-            outputs = {name: w.commit() for name, w in writers.items()}
-        except BaseException:
-            for w in writers.values():
-                w.abort()
-            raise
+        thumb = Preview(scene.height, scene.width) if preview else None
+        sink = SceneSink({}, submission_classes(info) if submission else None, probabilities, thumb)
+        shape = _write_scene(
+            reader,
+            paths,
+            predictor,
+            sink,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            blend=blend,
+            cog=cog,
+            progress=progress,
+        )
+        outputs = sink.outputs
         if thumb is not None:
             outputs["preview"] = thumb.save(paths["preview"], info, sink.nodata_count > 0)
+    if polygons is not None:
+        outputs["polygons"] = polygons.write(outputs["mask"], paths["polygons"], info)
     area = scene.pixel_area_km2
     return SceneResult(
         input=Path(input),
@@ -280,3 +293,49 @@ def predict_scene(
         area_km2=None if area is None else area * scene.height * scene.width,
         nodata_pixels=sink.nodata_count,
     )
+
+
+def _write_scene(
+    reader: SceneReader,
+    paths: dict[str, Path],
+    predictor: Predictor,
+    sink: SceneSink,
+    *,
+    tile: int,
+    overlap: int,
+    batch_size: int,
+    blend: BlendKind,
+    cog: bool,
+    progress: bool,
+) -> tuple[int, int, int]:
+    """Stream the scene through the engine into its writers; commit them, or abort on error."""
+    info, scene = predictor.info, reader.info
+    plan = plan_bands(scene.height, scene.width, tile, overlap, min_tiles_per_band=batch_size)
+    log.debug(
+        "%s: %dx%d px, %d bands of %d tile rows x %d tiles, accumulator %s",
+        scene.path, scene.width, scene.height, len(plan.bands), plan.rows_per_band,
+        len(plan.col_origins), plan.buffer_shape(info.num_classes),
+    )  # fmt: skip
+    writers = sink.writers
+    try:
+        writers["mask"] = RasterWriter(
+            paths["mask"], scene, nodata=NODATA, cog=cog, style=class_style(info)
+        )
+        if sink.probabilities:
+            writers["probabilities"] = RasterWriter(
+                paths["probabilities"], scene, count=info.num_classes, nodata=NODATA, cog=cog,
+                style=probability_style(info),
+            )  # fmt: skip
+        try:
+            shape = run_bands(
+                reader.read_rows, plan, predictor, sink, overlap=overlap,
+                batch_size=batch_size, blend=blend, progress=progress,
+            )  # fmt: skip
+        finally:
+            sink.writer.close()
+        sink.outputs = {name: w.commit() for name, w in writers.items()}
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    return shape

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import Dataset
 
 from satunet.checkpoint import ModelInfo, read_checkpoint
 from satunet.config import RunConfig, config_from_dict
-from satunet.data.splits import build_datasets, dataset_scale, make_loaders, normalization_stats
+from satunet.data import create_dataset
+from satunet.data.splits import (
+    build_datasets,
+    dataset_kwargs,
+    dataset_scale,
+    make_loaders,
+    normalization_stats,
+    split_by_group,
+)
+from satunet.data.transforms import compute_normalization
 from satunet.errors import CheckpointError, ConfigError
 from satunet.files import PathLike
 from satunet.losses import create_loss
 from satunet.models import create_model
 from satunet.runtime import barrier, init_distributed, rank, resolve_device
+from satunet.train.budget import Progress, fit_budget
+from satunet.train.cache import CachedSamples
 from satunet.train.loop import fit
 from satunet.train.rundir import check_new_run_dir, finish_run, write_run_config
 from satunet.train.state import TrainState, config_differences, refuse_resume
@@ -25,13 +38,21 @@ log = logging.getLogger(__name__)
 
 
 def train_from_config(
-    cfg: RunConfig, run_dir: PathLike, *, resume: bool = False, progress: bool = True
+    cfg: RunConfig,
+    run_dir: PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Build datasets, loaders, model and loss from ``cfg``, train, and fill ``run_dir``.
 
     Returns a summary: best epoch and scores, epochs run, mean epoch times. Called by
     `satunet train` and `satunet reproduce`; works the same under torchrun. Resuming a run that
-    has nothing left to train is a no-op that says so (``finished`` in the summary).
+    has nothing left to train is a no-op that says so (``finished`` in the summary). With
+    ``train.budget_min`` it trains for that much training time instead of epochs
+    (:func:`~satunet.train.budget.fit_budget`, which calls ``on_progress``); such runs do not
+    resume.
     """
     run_dir = Path(run_dir)
     created = init_distributed(cfg.train.device)
@@ -43,7 +64,8 @@ def train_from_config(
             return _summary(cfg, run_dir, finished[0], finished=finished[1])
         device = resolve_device(cfg.train.device, cfg.train.precision)
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-        train_ds, val_ds, base = build_datasets(cfg)
+        data_cfg = resolve_normalization(cfg)  # "dataset" -> the training images' mean/std
+        train_ds, val_ds, base = _datasets(data_cfg)
         model = create_model(
             cfg.model.name,
             in_channels=base.in_channels,
@@ -58,21 +80,15 @@ def train_from_config(
             class_weights=cfg.train.class_weights,
         )
         train_loader, val_loader = make_loaders(train_ds, val_ds, cfg.train, device)
-        info = model_info(cfg, base, model)
+        info = model_info(data_cfg, base, model)
         if rank() == 0:
             write_run_config(run_dir, cfg)
-        state = fit(
-            model,
-            train_loader,
-            val_loader,
-            loss_fn=loss_fn,
-            info=info,
-            run_dir=run_dir,
-            config=cfg.train,
-            resume=resume,
-            progress=progress,
-            run_config=cfg.to_dict(),
-        )
+        common = dict(loss_fn=loss_fn, info=info, run_dir=run_dir, config=cfg.train,
+                      progress=progress, run_config=cfg.to_dict())  # fmt: skip
+        if cfg.train.budget_min is not None:
+            state = fit_budget(model, train_loader, val_loader, on_progress=on_progress, **common)
+        else:
+            state = fit(model, train_loader, val_loader, resume=resume, **common)
         if rank() == 0:
             finish_run(run_dir, model, val_ds, info, state, device, cfg)
         barrier()
@@ -88,6 +104,11 @@ def _check_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> tuple[TrainSt
     Returns (state, why) when a resumed run has nothing left to train, else None.
     """
     last = run_dir / "last.pt"
+    if resume and cfg.train.budget_min is not None:
+        raise ConfigError(
+            "a run on a time budget (train.budget_min) cannot be resumed: its clock and "
+            "schedule would restart; start it again with a new --out"
+        )
     if not resume:
         check_new_run_dir(run_dir)
         return None
@@ -101,6 +122,52 @@ def _check_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> tuple[TrainSt
     state = TrainState(**ckpt["train_state"]) if ckpt.get("train_state") else None
     why = state.finished(cfg.train) if state is not None else None
     return (state, why) if why else None
+
+
+def resolve_normalization(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``data.normalization = "dataset"`` replaced by the per-band mean/std of the
+    training images (the training side of a val_fraction carve-out), computed as `satunet data
+    stats` does; other settings are returned as they are. Explicit values must fit the bands."""
+    d = cfg.data
+    if d.normalization == "dataset":
+        dataset = create_dataset(d.name, d.root, split=d.train_split, **dataset_kwargs(d))
+        if d.val_fraction > 0:
+            seed = cfg.train.split_seed if cfg.train.split_seed is not None else cfg.train.seed
+            train_idx, _ = split_by_group(dataset.groups, d.val_fraction, seed)
+            dataset = _Reads(dataset, train_idx)
+        stats = compute_normalization(dataset)
+        log.info("data.normalization = dataset: mean %s, std %s", stats["mean"], stats["std"])
+        return dataclasses.replace(cfg, data=dataclasses.replace(d, normalization=stats))
+    return cfg
+
+
+class _Reads(Dataset):
+    """Untransformed samples ``indices`` of a satunet dataset (for its statistics)."""
+
+    def __init__(self, dataset: Any, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def read(self, i: int) -> dict[str, torch.Tensor]:
+        return self.dataset.read(self.indices[i])
+
+    __getitem__ = read
+
+
+def _datasets(cfg: RunConfig) -> tuple[Dataset, Dataset, Any]:
+    """build_datasets, with the carve-out seeded by ``train.split_seed`` when set, and the
+    decoded tiles cached when ``train.cache_tiles``."""
+    split_cfg = cfg
+    if cfg.train.split_seed is not None:
+        split_cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, seed=cfg.train.split_seed)
+        )
+    train_ds, val_ds, base = build_datasets(split_cfg)
+    if cfg.train.cache_tiles:
+        train_ds, val_ds = CachedSamples(train_ds), CachedSamples(val_ds)
+    return train_ds, val_ds, base
 
 
 def _check_crop(cfg: RunConfig, model: torch.nn.Module) -> None:
@@ -123,16 +190,33 @@ def model_info(cfg: RunConfig, dataset: Any, model: torch.nn.Module) -> ModelInf
         options=dict(cfg.model.options),
         classes=tuple(dataset.classes),
         ignore_index=dataset.ignore_index,
-        normalization=normalization_stats(cfg.data.normalization),
+        normalization=_fitting(normalization_stats(cfg.data.normalization), dataset.in_channels),
         scale=dataset_scale(dataset),
+        bands=tuple(int(b) for b in bands) if (bands := getattr(dataset, "bands", None)) else None,
         palette=tuple(tuple(int(v) for v in c) for c in palette) if palette else None,
         size_multiple=int(getattr(model, "size_multiple", 1)),
     )
 
 
+def _fitting(stats: dict[str, list[float]] | None, bands: int) -> dict[str, list[float]] | None:
+    """Refuse per-band statistics for another band count than the images'."""
+    if stats is not None and len(stats["mean"]) != bands:
+        raise ConfigError(
+            f"data.normalization has {len(stats['mean'])} mean/std values but the images have "
+            f'{bands} bands: give one per band, or use "dataset"'
+        )
+    return stats
+
+
 def _summary(
     cfg: RunConfig, run_dir: Path, state: TrainState, finished: str | None = None
 ) -> dict[str, Any]:
+    if cfg.train.budget_min is not None:  # epochs are passes over the data; no epoch timing
+        return {"run_dir": str(run_dir), "rank": rank(), "model": cfg.model.name,
+                "budget_min": cfg.train.budget_min, "epochs_run": state.epoch,
+                "stopped_early": state.stopped_early, "best_epoch": state.best_epoch,
+                "best": state.best_scores, "mean_epoch_time_s": None,
+                "mean_train_time_s": None, "history": state.history}  # fmt: skip
     times = [r["epoch_time_s"] for r in state.history]
     train_times = [r["train_time_s"] for r in state.history]
     summary = {
