@@ -104,12 +104,13 @@ def test_corrupt_image_and_size_mismatch_name_the_file(tmp_path: Path) -> None:
     root = make_loveda(tmp_path, splits=("train",), scenes=("rural",), n=2)
     image = root / "Train/Rural/images_png/0.png"
     image.write_bytes(image.read_bytes()[:200])  # truncated PNG
-    Image.fromarray(np.zeros((32, 64), np.uint8)).save(root / "Train/Rural/masks_png/1.png")
     ds = LoveDA(root, tile_size=None)
     with pytest.raises(DataError, match=r"cannot read .*0\.png"):
         ds[0]
-    with pytest.raises(DataError, match=r"mask .*1\.png is 64x32 but image"):
-        ds[1]
+    # A mask of another size is refused when the dataset is built, from the headers (issue 11).
+    Image.fromarray(np.zeros((32, 64), np.uint8)).save(root / "Train/Rural/masks_png/1.png")
+    with pytest.raises(DataError, match=r"mask .*1\.png is 64x32 but its image 1\.png is 64x64"):
+        LoveDA(root, tile_size=None)
 
 
 @pytest.mark.shared_data
@@ -236,7 +237,7 @@ def test_create_dataset_passes_options_and_rejects_unknown(loveda_root: Path) ->
         create_dataset("loveda", loveda_root, scen="rural")
     with pytest.raises(UnknownNameError, match="Did you mean 'loveda'"):
         create_dataset("lovedaa", loveda_root)  # type: ignore[arg-type]
-    assert set(DATASETS) == {"loveda", "landcoverai", "folder"}
+    assert set(DATASETS) == {"loveda", "landcoverai", "folder", "vector"}
 
 
 def test_dataloader_batches_samples(loveda_root: Path) -> None:
@@ -297,9 +298,10 @@ def test_stats_json(loveda_root: Path, capsys: pytest.CaptureFixture) -> None:
     assert ignored["pixels"] == int((masks == 255).sum())
 
 
-def test_data_check_missing_root_is_a_clean_error(tmp_path: Path, capsys) -> None:
-    assert main(["data", "check", "loveda", "--root", str(tmp_path / "nope")]) == 2
-    assert "satunet data download loveda" in capsys.readouterr().err
+def test_data_check_missing_root_is_a_problem_like_any_other(tmp_path: Path, capsys) -> None:
+    assert main(["data", "check", "loveda", "--root", str(tmp_path / "nope")]) == 1  # issue 11
+    out = capsys.readouterr().out
+    assert "does not exist" in out and "satunet data download loveda" in out
 
 
 def test_check_landcoverai_output_only(landcoverai_root: Path, tmp_path: Path) -> None:

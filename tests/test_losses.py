@@ -249,3 +249,14 @@ def test_cuda_fp16_autocast_matches_cpu():
     with torch.autocast("cuda", dtype=torch.float16):
         got = loss.cuda()(logits.cuda().half(), target.cuda())
     assert got.dtype == torch.float32 and got.item() == pytest.approx(expected, abs=1e-2)
+
+
+@pytest.mark.parametrize("name", ["jaccard", "dice", "tversky", "jaccard+ce"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_logits_give_a_nan_loss_never_a_perfect_score(name: str, bad: float):
+    """Issue 11: a NaN denominator used to score as perfect (loss 0.0) and hide divergence."""
+    logits = torch.randn(2, 3, 8, 8)
+    logits[0, :, 0, 0] = bad
+    target = torch.randint(0, 3, (2, 8, 8))
+    assert torch.isnan(create_loss(name, num_classes=3)(logits, target))
+    assert torch.isnan(JDTLoss(miou_d=0, miou_i=1, miou_c=1, gamma=2)(logits, target))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 import types
@@ -49,7 +50,9 @@ class DataConfig:
     flips: bool = True
     rot90: bool = False
     jitter: bool = True
-    normalization: Literal["none", "imagenet"] = "none"
+    # "dataset": per-band mean/std of the training images (as `satunet data stats` computes
+    # them), or explicit {mean = [...], std = [...]}; the values are stored in checkpoints.
+    normalization: Literal["none", "imagenet", "dataset"] | dict[str, list[float]] = "none"
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -78,6 +81,15 @@ class TrainConfig:
     channels_last: bool = False
     num_workers: int = 0
     seed: int = 0
+    # Recipe knobs beyond the study's; the defaults are the study (satunet.train.recipes).
+    recipe: str = "study"  # the recipe's name, recorded with the run (`satunet race --recipe`)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    schedule: Literal["plateau", "cosine"] = "plateau"  # cosine: over the epochs or the budget
+    warmup: float = 0.0  # fraction of the run with a linear LR warm-up (cosine schedule)
+    budget_min: float | None = None  # train for this many minutes of training time, not epochs
+    val_every: float = 0.1  # with budget_min: validate every this fraction of the budget
+    cache_tiles: bool = False  # decode every tile once and keep it in memory
+    split_seed: int | None = None  # seed of the val_fraction carve-out (None: train.seed)
 
 
 @dataclass
@@ -103,7 +115,7 @@ def _field_types(cls: type) -> dict[str, Any]:
 def _describe(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
-    if isinstance(tp, types.UnionType):
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         return " | ".join(_describe(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "none"
@@ -113,16 +125,17 @@ def _describe(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp``; convert the few safe cases (int -> float)."""
     origin = typing.get_origin(tp)
-    if isinstance(tp, types.UnionType):
+    if isinstance(tp, types.UnionType) or origin is typing.Union:  # Literal[...] | X is Union
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        candidates = [arg for arg in args if arg is not type(None)]
+        for arg in candidates:
             try:
                 return _coerce(value, arg, where)
-            except ConfigError:
+            except (ConfigError, UnknownNameError) as e:
+                if len(candidates) == 1:  # "float | None": say why the float is wrong
+                    raise ConfigError(f"{e} (or none)") from None
                 continue
         raise ConfigError(f"{where} must be {_describe(tp)}, got {value!r}")
     if origin is Literal:
@@ -138,6 +151,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(
+                    f"{where} must be a finite number, got {value!r}: nan and inf make every "
+                    "weight NaN"
+                )
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -202,8 +220,25 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     return cfg
 
 
+def _non_finite(value: Any, where: str) -> str | None:
+    """The first key under ``where`` that holds a NaN or infinite float, if any."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    if isinstance(value, dict):
+        value = {f"{where}.{k}": v for k, v in value.items()}.items()
+    elif isinstance(value, list | tuple):
+        value = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    return next((bad for key, v in value if (bad := _non_finite(v, key))), None)
+
+
 def validate(cfg: RunConfig) -> None:
     """Reject values no run can use, naming the key and the fix."""
+    for section, table in cfg.to_dict().items():
+        bad = _non_finite(table, section)
+        if bad:
+            raise ConfigError(f"{bad} must be a finite number, not nan or inf")
     t, d = cfg.train, cfg.data
     positive = {
         "train.epochs": t.epochs,
@@ -234,6 +269,24 @@ def validate(cfg: RunConfig) -> None:
         )
     if d.crop is not None and d.crop <= 0:
         raise ConfigError(f"data.crop must be > 0 or none, got {d.crop}")
+    if isinstance(d.normalization, dict):
+        check_normalization(d.normalization, "data.normalization")
+
+
+def check_normalization(values: dict[str, Any], where: str) -> None:
+    """Refuse per-band statistics that are not ``{mean = [...], std = [...]}`` with std > 0."""
+    example = "{mean = [0.36, 0.38, 0.34], std = [0.10, 0.09, 0.09]}"
+    mean, std = values.get("mean"), values.get("std")
+    if set(values) != {"mean", "std"} or not isinstance(mean, list) or not isinstance(std, list):
+        raise ConfigError(
+            f'{where} must be "none", "imagenet", "dataset" or per-band {example} (what '
+            f"`satunet data stats` prints), got {values!r}"
+        )
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in mean + std)
+    if not mean or len(mean) != len(std) or not numbers or min(std) <= 0:
+        raise ConfigError(
+            f"{where} needs one mean and one std > 0 per band, e.g. {example}; got {values!r}"
+        )
 
 
 def load_config(path: PathLike | None, overrides: list[str] | None = None) -> RunConfig:

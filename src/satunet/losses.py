@@ -61,6 +61,7 @@ class JDTLoss(nn.Module):
         label_smoothing: hard labels become (1 − ε)·one_hot + ε / C.
 
     Returns a scalar; an all-ignored batch gives 0 with finite (zero) gradients, never NaN.
+    NaN or inf logits give a NaN loss (never a perfect score), so divergence cannot pass unseen.
     """
 
     def __init__(
@@ -195,9 +196,11 @@ class JDTLoss(nn.Module):
     def _class_loss(self, tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
         """(1 − Tversky)^gamma × class weight, elementwise over (..., C)."""
         den = tp + self.alpha * fp + self.beta * fn + self.smooth
-        defined = den > 0
-        # den = 0 only when a class has nothing left after masking: score it as perfect.
-        score = torch.where(defined, (tp + self.smooth) / torch.where(defined, den, 1.0), 1.0)
+        empty = den == 0
+        # den = 0 only when a class has nothing left after masking: score it as perfect. A NaN
+        # den (NaN logits, a diverged model) is not 0, so the NaN reaches the loss and the
+        # trainer's finite check instead of passing as a perfect score.
+        score = torch.where(empty, 1.0, (tp + self.smooth) / torch.where(empty, 1.0, den))
         loss = 1.0 - score
         if self.gamma != 1:
             loss = loss.clamp_min(0) ** self.gamma

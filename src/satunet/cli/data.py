@@ -9,7 +9,7 @@ EXAMPLE = """examples:
   satunet data download loveda --root data/loveda --split train --split val
   satunet data download landcoverai --root data/landcoverai
   satunet data check loveda --root data/loveda
-  satunet data check folder --root my_tiles --format json
+  satunet data check folder --root my_tiles --tile 512 --format json
   satunet data stats loveda --root data/loveda --split train --scene rural
 """
 
@@ -57,6 +57,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("dataset", help=DATASET_HELP)
     c.add_argument("--root", required=True)
     c.add_argument("--split", choices=("train", "val", "test"), help="only this split")
+    c.add_argument(
+        "--tile",
+        type=int,
+        metavar="N",
+        help="training tile size: also flag images smaller than N pixels (default: no check)",
+    )
     c.add_argument("--format", choices=("table", "json"), default="table")
     c.set_defaults(run=run_check)
 
@@ -109,19 +115,21 @@ def run_download(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     from satunet.data import check_dataset
 
-    report = check_dataset(args.dataset, args.root, split=args.split)
+    report = check_dataset(args.dataset, args.root, split=args.split, tile=args.tile)
     if args.format == "json":
         print(json.dumps(report.as_dict(), indent=2))
         return 0 if report.ok else 1
     print(f"{args.dataset} at {report.root}: {report.pairs} image/mask pairs")
-    print(f"\n{'split':<6} {'part':<13} {'images':>7} {'masks':>7}")
+    if report.parts:
+        print(f"\n{'split':<6} {'part':<13} {'images':>7} {'masks':>7}")
     for part in report.parts:
         if part.present:
             print(f"{part.split:<6} {part.scene:<13} {part.images:>7} {part.masks:>7}")
         else:
             print(f"{part.split:<6} {part.scene:<13} {'absent':>7}")
-    sizes = ", ".join(f"{w}x{h} ({n})" for (h, w), n in sorted(report.sizes.items()))
-    print(f"\nimage sizes (WxH): {sizes or 'none read'}")
+    if report.parts:
+        sizes = ", ".join(f"{w}x{h} ({n})" for (h, w), n in sorted(report.sizes.items()))
+        print(f"\nimage sizes (WxH): {sizes or 'none read'}")
     total = sum(report.histogram.values())
     if total:
         print(f"\n{'value':>5}  {'class':<20} {'pixels':>14} {'share':>7}")

@@ -98,6 +98,7 @@ class SegmentationDataset(Dataset):
         lut: np.ndarray,
         scale: float | None = None,
         transforms: Transform | None = None,
+        bands: Sequence[int] | None = None,
     ) -> None:
         self.records = list(records)
         check_pair_sizes(self.records)
@@ -111,6 +112,7 @@ class SegmentationDataset(Dataset):
         self.ignore_index = ignore_index
         self.in_channels = in_channels
         self.scale = scale
+        self.bands = tuple(int(b) for b in bands) if bands is not None else None
         self.transforms = transforms
         self._lut = lut
         self._reader = RasterReader()
@@ -140,7 +142,10 @@ class SegmentationDataset(Dataset):
     def read(self, index: int) -> Sample:
         """Sample ``index`` without transforms (for statistics and checks)."""
         record = self.records[index]
-        array = self._reader.read(record.image, record.window)
+        if self.bands is None:
+            array = self._reader.read(record.image, record.window)
+        else:
+            array = read_bands(self._reader, record.image, record.window, self.bands)
         if array.shape[0] != self.in_channels:
             raise DataError(
                 f"{record.image} has {array.shape[0]} bands but this dataset has "
@@ -196,6 +201,30 @@ class SegmentationDataset(Dataset):
             f"{type(self).__name__}({len(self)} samples, {self.num_classes} classes, "
             f"ignore_index={self.ignore_index}, in_channels={self.in_channels})"
         )
+
+
+def read_bands(
+    reader: RasterReader, path: Path, window: Window | None, bands: Sequence[int]
+) -> np.ndarray:
+    """Bands ``bands`` (1-based, like GDAL) of an image: only those are read from a GeoTIFF."""
+    count = raster_info(path).bands
+    bad = [b for b in bands if not 1 <= b <= count]
+    if bad or not bands:
+        raise DataError(
+            f"{path} has {count} band(s), numbered 1..{count} like GDAL: cannot select bands "
+            f"{list(bands)}; fix the dataset option bands (e.g. bands = [4, 3, 2])"
+        )
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return reader.read(path, window)[[b - 1 for b in bands]]
+    import rasterio
+    from rasterio.windows import Window as RioWindow
+
+    win = None if window is None else RioWindow(window.col, window.row, window.width, window.height)
+    try:
+        with rasterio.open(path) as src:
+            return src.read(list(bands), window=win)
+    except Exception as e:  # noqa: BLE001 - rasterio/GDAL errors; re-raised with the path
+        raise DataError(f"cannot read bands {list(bands)} of {path}: {e}") from e
 
 
 def _ranges(values: list[int]) -> str:

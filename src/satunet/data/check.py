@@ -1,7 +1,10 @@
 """Validate a dataset on disk: layout, every file, pairs, sizes, class ids; one report.
 
-Used by ``satunet data check``; each dataset module describes its own layout with these parts. Problems are collected, not raised, so one run lists every bad
-file; only a missing root is an exception.
+Used by ``satunet data check``; each dataset module describes its own layout with these parts.
+Problems are collected, not raised, so one run lists every bad file (a missing root too). Files
+are listed by :func:`~satunet.data.readers.list_rasters`, the rule the datasets use, and each
+pair gets the checks the datasets make (sizes, bands, finite pixels, class ids), so a dataset
+that passes the check also loads.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from satunet.data.base import natural_key
-from satunet.data.readers import RasterReader, raster_info
+from satunet.data.base import pair_size_problem
+from satunet.data.readers import RasterReader, list_rasters, raster_info
 from satunet.data.tiling import Window
 from satunet.errors import DataError
 
@@ -46,6 +49,8 @@ class CheckReport:
     histogram: Counter = field(default_factory=Counter)
     problems: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # files in data folders nothing reads
+    tile: int | None = None  # the training tile: smaller pairs are problems
 
     @property
     def ok(self) -> bool:
@@ -82,6 +87,8 @@ class CheckReport:
             ],
             "problems": [{"path": p, "problem": m} for p, m in self.problems],
             "notes": self.notes,
+            "ignored": self.ignored,
+            "tile": self.tile,
         }
 
 
@@ -108,58 +115,99 @@ def check_pair(
     valid: set[int] | None,
     bands: int | None,
 ) -> None:
+    """Read one pair whole and record what the dataset would refuse, naming the file."""
     reader = RasterReader()
     try:
         info = raster_info(image)
-        for _ in _strips(image, reader):  # decode everything: truncation shows up here
-            pass
     except DataError as e:
         report.problem(image, _reason(e))
         return
+    usable_mask = mask is not None and _sizes_match(report, image, mask)  # headers, as datasets
+    try:
+        bad = 0
+        for strip in _strips(image, reader):  # decode everything: truncation shows up here
+            if strip.dtype.kind == "f":
+                bad += int(strip.size - np.isfinite(strip).sum())
+    except DataError as e:
+        report.problem(image, _reason(e))
+        return
+    if bad:
+        report.problem(image, f"holds {bad} NaN/inf pixels ({NON_FINITE_HINT})")
     if bands is not None and info.bands != bands:
         report.problem(image, f"has {info.bands} bands, expected {bands}")
+    if report.tile is not None and min(info.height, info.width) < report.tile:
+        report.problem(
+            image,
+            f"is {info.width}x{info.height}, smaller than the training tile {report.tile}: "
+            "use a smaller tile_size / --tile, or remove the pair",
+        )
     report.sizes[(info.height, info.width)] += 1
-    if mask is None:
+    if not usable_mask:
         return
     try:
-        mask_info = raster_info(mask)
-        if (mask_info.height, mask_info.width) != (info.height, info.width):
-            report.problem(
-                mask,
-                f"is {mask_info.width}x{mask_info.height} but its image {image.name} is "
-                f"{info.width}x{info.height}",
-            )
-            return
-        counts: Counter = Counter()
-        for strip in _strips(mask, reader):
-            if strip.shape[0] != 1 and not (
-                strip.shape[0] in (3, 4) and (strip[1:3] == strip[0]).all()
-            ):  # grey masks saved as RGB(A) are fine; colour-coded ones are not
-                report.problem(
-                    mask,
-                    f"has {strip.shape[0]} bands that differ: a mask holds one class id "
-                    "per pixel (convert colour-coded masks to class ids)",
-                )
-                return
-            values = strip[0]
-            if values.dtype.kind not in "ui" or (values.dtype.kind == "i" and values.min() < 0):
-                report.problem(mask, f"holds {values.dtype} values that are not class ids >= 0")
-                return
-            for v, n in enumerate(np.bincount(values.ravel())):
-                if n:
-                    counts[v] += int(n)
+        counts = _mask_counts(report, mask, reader)
     except DataError as e:
         report.problem(mask, _reason(e))
         return
+    if counts is None:
+        return
     if valid is not None:
-        bad = sorted(v for v in counts if v not in valid)
-        if bad:
+        bad_values = sorted(v for v in counts if v not in valid)
+        if bad_values:
             report.problem(
                 mask,
-                f"holds values {bad[:10]} outside the class ids {sorted(valid)} "
-                f"({sum(counts[v] for v in bad)} pixels)",
+                f"holds values {bad_values[:10]} outside the class ids {sorted(valid)} "
+                f"({sum(counts[v] for v in bad_values)} pixels)",
             )
     report.histogram.update(counts)
+
+
+def _sizes_match(report: CheckReport, image: Path, mask: Path) -> bool:
+    """False (with the problem recorded) when the mask's header is unreadable or another size."""
+    try:
+        problem = pair_size_problem(image, mask)
+    except DataError as e:
+        report.problem(mask, _reason(e))
+        return False
+    if problem:
+        report.problem(mask, problem)
+    return problem is None
+
+
+NON_FINITE_HINT = "fill no-data with a number and mark it in the mask with ignore_index"
+
+
+def _mask_counts(report: CheckReport, mask: Path, reader: RasterReader) -> Counter | None:
+    """Pixel count of every mask value, or None after recording why the mask is unusable."""
+    counts: Counter = Counter()
+    for strip in _strips(mask, reader):
+        if strip.shape[0] != 1 and not (
+            strip.shape[0] in (3, 4) and (strip[1:3] == strip[0]).all()
+        ):  # grey masks saved as RGB(A) are fine; colour-coded ones are not
+            report.problem(
+                mask,
+                f"has {strip.shape[0]} bands that differ: a mask holds one class id "
+                "per pixel (convert colour-coded masks to class ids)",
+            )
+            return None
+        values = strip[0]
+        if values.dtype not in (np.uint8, np.uint16):
+            # The dataset's rule: any type holding only the integers 0..65535 is fine.
+            if not (
+                np.isfinite(values).all()
+                and values.min() >= 0
+                and values.max() <= 65535
+                and np.array_equal(values, np.round(values))
+            ):
+                report.problem(
+                    mask, f"holds {values.dtype} values outside the integers 0..65535 (class ids)"
+                )
+                return None
+            values = values.astype(np.uint16)
+        for v, n in enumerate(np.bincount(values.ravel())):
+            if n:
+                counts[v] += int(n)
+    return counts
 
 
 def pairs_in(
@@ -170,9 +218,8 @@ def pairs_in(
     suffixes: tuple[str, ...],
 ) -> list[tuple[Path, Path | None]]:
     """Pair images with same-named masks; orphans on either side are problems."""
-    images = sorted(
-        (p for p in image_dir.iterdir() if p.suffix.lower() in suffixes), key=natural_key
-    )
+    images, ignored = list_rasters(image_dir, suffixes)
+    _ignore(report, ignored, suffixes)
     part.images = len(images)
     if not images:
         report.problem(image_dir, "holds no images")
@@ -181,7 +228,9 @@ def pairs_in(
     if not mask_dir.is_dir():
         report.problem(mask_dir, "is missing: every image needs a mask with the same name")
         return []
-    masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in suffixes}
+    found, ignored = list_rasters(mask_dir, suffixes)
+    _ignore(report, ignored, suffixes)
+    masks = {p.stem: p for p in found}
     part.masks = len(masks)
     stems = {p.stem for p in images}
     for p in images:
@@ -191,6 +240,18 @@ def pairs_in(
         if stem not in stems:
             report.problem(m, f"has no image {stem}.* in {image_dir}")
     return [(p, masks[p.stem]) for p in images if p.stem in masks]
+
+
+def _ignore(report: CheckReport, ignored: list[Path], suffixes: tuple[str, ...]) -> None:
+    """Say which files of a data folder no loader reads (never silently skipped)."""
+    if not ignored:
+        return
+    report.ignored += [str(p) for p in ignored]
+    names = ", ".join(p.name for p in ignored[:5]) + (" ..." if len(ignored) > 5 else "")
+    report.notes.append(
+        f"{len(ignored)} entr{'y' if len(ignored) == 1 else 'ies'} of {ignored[0].parent} "
+        f"ignored (not {'/'.join(suffixes)} files): {names}"
+    )
 
 
 def progress_bar(pairs: list, desc: str, progress: bool | None):  # noqa: ANN202

@@ -21,7 +21,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from satunet.errors import ChecksumError, DataError, DatasetNotFoundError, UnknownNameError
+from satunet.errors import (
+    ChecksumError,
+    DataError,
+    DatasetNotFoundError,
+    OutputError,
+    UnknownNameError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +237,11 @@ def download_resources(
     if not resources:
         raise DataError(f"dataset {name!r} has no official archives to download")
     root = Path(root)
+    blocker = next((p for p in (root, *root.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise OutputError(
+            f"cannot download into {root}: {blocker} is a file, not a folder; choose another --root"
+        )
     if splits is not None:
         wanted = set(splits)
         known = {r.split for r in resources}

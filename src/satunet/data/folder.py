@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import colorsys
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -21,14 +22,56 @@ from satunet.data.base import (
     SegmentationDataset,
     Transform,
     label_lut,
-    natural_key,
 )
 from satunet.data.check import CheckReport, Part, check_pair, pairs_in, progress_bar
-from satunet.data.readers import SUFFIXES, raster_info
+from satunet.data.readers import SUFFIXES, list_rasters, raster_info
 from satunet.data.tiling import tile_grid
 from satunet.errors import ConfigError, DataError, DatasetNotFoundError, UnknownNameError
 
 CLASSES_FILE = "classes.json"
+log = logging.getLogger(__name__)
+
+
+def read_classes_file(path: Path) -> dict:
+    """``classes.json`` checked by type, so ``"classes": "a,b"`` is an error, not 3 classes.
+
+    Used by the dataset and by ``data check``: both refuse the same files with the same words.
+    """
+    example = '{"classes": ["background", "building"], "ignore_index": 255}'
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON ({e}): write it as {example}") from e
+    if not isinstance(spec, dict) or "classes" not in spec:
+        raise DataError(
+            f'{path} must be an object with "classes" (a list of names), and optionally '
+            f'"ignore_index" and "palette", e.g. {example}'
+        )
+    names = spec["classes"]
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise DataError(
+            f'{path}: "classes" must be a list of class names such as ["background", "field"],'
+            f" got {names!r}"
+        )
+    if len(set(names)) != len(names):
+        raise DataError(f'{path}: "classes" names a class twice: {names}')
+    ignore = spec.get("ignore_index")
+    if ignore is not None and (not isinstance(ignore, int) or isinstance(ignore, bool)):
+        raise DataError(f'{path}: "ignore_index" must be an integer such as 255, got {ignore!r}')
+    palette = spec.get("palette")
+    if palette is not None and not (
+        isinstance(palette, list)
+        and all(
+            isinstance(c, list)
+            and len(c) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in c)
+            for c in palette
+        )
+    ):
+        raise DataError(
+            f'{path}: "palette" must be a list of [r, g, b] triples of 0..255, got {palette!r}'
+        )
+    return spec
 
 
 def default_palette(n: int) -> tuple[RGB, ...]:
@@ -49,7 +92,9 @@ class ImageMaskFolder(SegmentationDataset):
         stride: step between tiles (``tile_size`` when None).
         scale: the pixel value that maps to 1.0; by default the type's maximum (255 for uint8,
             65535 for uint16), 1 for float. Use e.g. 10000 for Sentinel-2 reflectance.
-        in_channels: expected band count; by default the first image's.
+        in_channels: expected band count; by default the first image's (or of ``bands``).
+        bands: the image bands to use, 1-based like GDAL (e.g. ``[4, 3, 2]``); only those are
+            read. Stored in checkpoints, so ``satunet predict`` selects them too.
     """
 
     @staticmethod
@@ -69,6 +114,7 @@ class ImageMaskFolder(SegmentationDataset):
         scale: float | None = None,
         in_channels: int | None = None,
         transforms: Transform | None = None,
+        bands: Sequence[int] | None = None,
     ) -> None:
         if split not in ("train", "val", "test"):
             raise UnknownNameError("folder split", split, ("train", "val", "test"))
@@ -88,8 +134,16 @@ class ImageMaskFolder(SegmentationDataset):
         names, ignore, colours = self._class_info(classes, ignore_index, palette)
         images = self._images(base / "images")
         records = self._pair(images, base / "masks")
+        if bands is not None and (
+            isinstance(bands, str)
+            or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in bands)
+            or not bands
+        ):
+            raise ConfigError(
+                f"bands must be 1-based band numbers such as [4, 3, 2], got {bands!r}"
+            )
         if in_channels is None:
-            in_channels = raster_info(images[0]).bands
+            in_channels = len(bands) if bands is not None else raster_info(images[0]).bands
         if tile_size is not None:
             records = self._tile(records, tile_size, stride or tile_size)
         mapping = {v: v for v in range(len(names))}
@@ -104,6 +158,7 @@ class ImageMaskFolder(SegmentationDataset):
             lut=label_lut(mapping),
             scale=scale,
             transforms=transforms,
+            bands=bands,
         )
 
     def _class_info(
@@ -112,23 +167,18 @@ class ImageMaskFolder(SegmentationDataset):
         ignore_index: int | None,
         palette: Sequence[RGB] | None,
     ) -> tuple[tuple[str, ...], int | None, tuple[RGB, ...]]:
-        spec: dict = {}
         path = self.root / CLASSES_FILE
-        if path.is_file():
-            try:
-                spec = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path} is not valid JSON: {e}") from e
-            if not isinstance(spec, dict) or "classes" not in spec:
-                raise DataError(
-                    f'{path} must be an object with "classes" (a list of names), and '
-                    'optionally "ignore_index" and "palette".'
-                )
+        spec = read_classes_file(path) if path.is_file() else {}
         classes = classes if classes is not None else spec.get("classes")
         if classes is None:
             raise DataError(
                 f"no class names for {self.root}: pass classes=[...] (or their number), or "
                 f'write {path} as {{"classes": ["background", "building"], "ignore_index": 255}}.'
+            )
+        if isinstance(classes, str | bytes) or isinstance(classes, bool):
+            raise ConfigError(
+                f"classes must be a list of class names such as ['background', 'field'] or "
+                f"their number, got {classes!r}"
             )
         names = (
             tuple(f"class_{i}" for i in range(classes))
@@ -154,15 +204,15 @@ class ImageMaskFolder(SegmentationDataset):
         return names, None if ignore is None else int(ignore), tuple(tuple(c) for c in colours)
 
     @staticmethod
-    def _images(folder: Path) -> list[Path]:
+    def _images(folder: Path) -> list[Path]:  # noqa: D401
         if not folder.is_dir():
             raise DatasetNotFoundError(
                 f"{folder} does not exist: put the images there and their masks, with the same "
                 f"file names, in {folder.parent / 'masks'}."
             )
-        images = sorted(
-            (p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES), key=natural_key
-        )
+        images, ignored = list_rasters(folder)
+        if ignored:
+            log.info("%s: ignored %s (not images)", folder, ", ".join(p.name for p in ignored))
         if not images:
             raise DatasetNotFoundError(
                 f"{folder} holds no images ({', '.join(SUFFIXES)}): add some or fix --root."
@@ -173,7 +223,7 @@ class ImageMaskFolder(SegmentationDataset):
     def _pair(images: list[Path], mask_dir: Path) -> list[Record]:
         if not mask_dir.is_dir():  # unlabeled data (prediction): samples have no "mask"
             return [Record(image, None, None, image.stem) for image in images]
-        masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in SUFFIXES}
+        masks = {p.stem: p for p in list_rasters(mask_dir)[0]}
         missing = [image.name for image in images if image.stem not in masks]
         if missing:
             raise DataError(
@@ -207,15 +257,23 @@ def check_folder_layout(report: CheckReport, split: str | None, progress: bool |
     valid: set[int] | None = None
     if spec_path.is_file():
         try:
-            spec = json.loads(spec_path.read_text())
-            names = list(spec["classes"])
+            spec = read_classes_file(spec_path)
+            names = spec["classes"]
             report.classes = dict(enumerate(names))
             valid = set(range(len(names)))
-            if spec.get("ignore_index") is not None:
-                valid.add(int(spec["ignore_index"]))
-                report.classes[int(spec["ignore_index"])] = "(ignored)"
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            report.problem(spec_path, f"is not a valid classes file ({e})")
+            if len(names) < 2:
+                report.problem(spec_path, f"names {len(names)} class: segmentation needs 2+")
+            ignore = spec.get("ignore_index")
+            if ignore is not None:
+                if not len(names) <= ignore <= 65535:
+                    report.problem(spec_path, f"ignore_index={ignore} is a class id or > 65535")
+                valid.add(ignore)
+                report.classes[ignore] = "(ignored)"
+            palette = spec.get("palette")
+            if palette is not None and len(palette) != len(names):
+                report.problem(spec_path, f"palette has {len(palette)} colours, not {len(names)}")
+        except DataError as e:
+            report.problem(spec_path, str(e).removeprefix(f"{spec_path}: "))
     else:
         report.notes.append(f"no {CLASSES_FILE}: class ids were not range-checked")
     splits = [split] if split else ["train", "val", "test"]

@@ -15,7 +15,7 @@ from typing import Literal
 from satunet.data.base import PathLike, Record, SegmentationDataset, Transform, label_lut
 from satunet.data.check import CheckReport, Part, check_pair, pairs_in, progress_bar
 from satunet.data.download import Resource, download_resources
-from satunet.data.readers import raster_info
+from satunet.data.readers import list_rasters, raster_info
 from satunet.data.tiling import Window
 from satunet.errors import ConfigError, DataError, DatasetNotFoundError, UnknownNameError
 
@@ -133,12 +133,13 @@ class LandCoverAI(SegmentationDataset):
                     f"{folder} does not exist: expected the orthophotos in images/*.tif and "
                     f"masks/*.tif under {self.root} (or tiles cut by split.py in output/)."
                 )
-        sheets = sorted(images_dir.glob("*.tif"))
+        sheets, _ = list_rasters(images_dir, (".tif",))
         if not sheets:
             raise DatasetNotFoundError(f"{images_dir} holds no .tif orthophotos.")
+        masks = {p.stem: p for p in list_rasters(masks_dir, (".tif",))[0]}
         tiles: dict[str, Record] = {}
         for image in sheets:
-            mask = masks_dir / image.name
+            mask = masks.get(image.stem, masks_dir / image.name)
             if not mask.is_file():
                 raise DataError(
                     f"orthophoto {image} has no mask {mask}: restore it from the archive."

@@ -11,11 +11,10 @@ from satunet.data.base import (
     SegmentationDataset,
     Transform,
     label_lut,
-    natural_key,
 )
 from satunet.data.check import CheckReport, Part, check_pair, pairs_in, progress_bar
 from satunet.data.download import Resource, download_resources
-from satunet.data.readers import raster_info
+from satunet.data.readers import list_rasters, raster_info
 from satunet.data.tiling import tile_grid
 from satunet.errors import ConfigError, DataError, DatasetNotFoundError, UnknownNameError
 
@@ -150,7 +149,7 @@ class LoveDA(SegmentationDataset):
         return records
 
     def _scene_records(self, scene_dir: Path, scene: str) -> list[Record]:
-        images = sorted((scene_dir / "images_png").glob("*.png"), key=natural_key)
+        images, _ = list_rasters(scene_dir / "images_png", (".png",))
         if not images:
             raise DatasetNotFoundError(
                 f"{scene_dir / 'images_png'} holds no .png images: the download or extraction "
@@ -163,11 +162,12 @@ class LoveDA(SegmentationDataset):
                 f"{mask_dir} does not exist but the {self.split} split is labeled: extract the "
                 "archive again (the official layout has masks_png next to images_png)."
             )
+        masks = {p.stem: p for p in list_rasters(mask_dir, (".png",))[0]} if labeled else {}
         records: list[Record] = []
         missing: list[str] = []
         for image in images:
-            mask = mask_dir / image.name if labeled else None
-            if mask is not None and not mask.is_file():
+            mask = masks.get(image.stem) if labeled else None
+            if labeled and mask is None:
                 missing.append(image.name)
                 continue
             group = f"{scene}/{image.stem}"

@@ -33,6 +33,31 @@ class RasterInfo:
     dtype: str
 
 
+def natural_key(path: Path) -> tuple:
+    """Sort key that puts 2.png before 10.png (LoveDA ids are numbers)."""
+    stem = path.stem
+    return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
+
+
+def list_rasters(
+    folder: PathLike, suffixes: tuple[str, ...] = SUFFIXES
+) -> tuple[list[Path], list[Path]]:
+    """The one rule by which every loader and ``data check`` lists a folder's image files.
+
+    Returns (files whose suffix, in any letter case, is one of ``suffixes``, in natural order;
+    the other entries, which are ignored). ``1.PNG`` and ``1.png`` are both images; hidden files
+    (``.DS_Store``, editors' temporaries) are neither listed nor reported.
+    """
+    wanted = {s.lower() for s in suffixes}
+    files: list[Path] = []
+    ignored: list[Path] = []
+    for entry in Path(folder).iterdir():
+        if entry.name.startswith("."):
+            continue
+        (files if entry.is_file() and entry.suffix.lower() in wanted else ignored).append(entry)
+    return sorted(files, key=natural_key), sorted(ignored)
+
+
 def _is_tiff(path: Path) -> bool:
     return path.suffix.lower() in TIFF_SUFFIXES
 

@@ -96,6 +96,26 @@ class Normalize:
         return f"Normalize(mean={self.mean}, std={self.std})"
 
 
+class _RequireCropFits:
+    """Fails clearly (with a size that works) before a random crop meets a smaller sample."""
+
+    def __init__(self, crop: int) -> None:
+        self.crop = crop
+
+    def __call__(self, sample: Sample) -> Sample:
+        height, width = sample["image"].shape[-2:]
+        if height < self.crop or width < self.crop:
+            raise ConfigError(
+                f"crop {self.crop} is larger than the {width}x{height} (WxH) training samples: "
+                f"use a crop of at most {min(height, width)} (--crop / data.crop), or larger "
+                "tiles (data.options.tile_size)."
+            )
+        return sample
+
+    def __repr__(self) -> str:
+        return f"RequireCropFits({self.crop})"
+
+
 class _RequireRGB:
     """Fails clearly before colour jitter meets a non-RGB image (hue needs 3 channels)."""
 
@@ -140,9 +160,9 @@ def train_transforms(
     """
     steps: list[Callable] = []
     if crop is not None:
-        if crop < 1:
+        if isinstance(crop, bool) or not isinstance(crop, int) or crop < 1:
             raise ConfigError(f"crop must be a positive number of pixels, got {crop}")
-        steps.append(v2.RandomCrop(crop))
+        steps += [_RequireCropFits(crop), v2.RandomCrop(crop)]
     if flips:
         steps += [v2.RandomHorizontalFlip(p=0.5), v2.RandomVerticalFlip(p=0.5)]
     if rot90:

@@ -114,8 +114,13 @@ def parse_smp_name(name: str) -> tuple[str, str] | None:
 def _load_encoder_file(encoder: nn.Module, path: Path, encoder_name: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise WeightsUnavailableError(f"could not read encoder weights from {path}: {e}") from e
+    except Exception as e:  # torch raises many types for corrupt, truncated or foreign files
+        # Never repeat torch's advice to retry with weights_only=False: that runs pickled code.
+        raise WeightsUnavailableError(
+            f"{path} is not a readable {encoder_name} state dict (corrupt, truncated, or not "
+            f"written by torch.save): {type(e).__name__}. Save one with "
+            "torch.save(encoder.state_dict(), path), or use torchvision's resnet*.pth file"
+        ) from e
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
