@@ -276,3 +276,125 @@ def test_cuda_peak_memory_and_fp16() -> None:
     row = report.rows[0]
     assert row["peak_mem_method"] == "cuda_max_allocated" and row["peak_mem_mb"] > 0
     assert row["rel_rms_error"] <= 2e-2
+
+
+# --------------------------------------------------------------------------- noise flags
+# Synthetic round timings only: these tests assert the flagging logic, never a timing.
+
+from satunet.benchmark import noise  # noqa: E402
+from satunet.benchmark.table import build_rows  # noqa: E402
+from satunet.benchmark.timing import make_variant  # noqa: E402
+
+
+def _row(name: str, train: float | None, infer: float | None) -> dict:
+    return {"name": name, "train_spread": train, "infer_spread": infer}
+
+
+def test_relative_spread_is_range_over_median() -> None:
+    assert noise.relative_spread([10.0, 10.0, 10.0]) == 0.0
+    assert noise.relative_spread([8.0, 10.0, 12.0]) == pytest.approx(0.4)
+    assert noise.relative_spread([5.0, 10.0]) == pytest.approx(5 / 7.5)
+    assert noise.relative_spread([10.0]) is None and noise.relative_spread([]) is None
+
+
+def test_rows_get_spread_from_per_round_timings() -> None:
+    spec = {"precision": "fp32", "channels_last": False, "size": 16, "batch_size": 1,
+            "in_channels": 3, "num_classes": 3}  # fmt: skip
+    steady = make_variant("steady", TINY(), spec, torch.device("cpu"), baseline=False,
+                          compile=False)  # fmt: skip
+    jumpy = make_variant("jumpy", TINY(), spec, torch.device("cpu"), baseline=False,
+                         compile=False)  # fmt: skip
+    steady.train_s, steady.infer_s = [0.10, 0.10, 0.10], [0.01, 0.01, 0.01]
+    jumpy.train_s, jumpy.infer_s = [0.10, 0.20, 0.10], [0.01, 0.01, 0.05]  # seconds per image
+    facts = {n: {"params": 1, "gmacs": 1.0, "study_footprint_mb": 1.0} for n in ("steady", "jumpy")}
+    rows = build_rows([steady, jumpy], facts, {}, {}, None, size=16, compile=False,
+                      measure_memory=False)  # fmt: skip
+    assert rows[0]["train_spread"] == 0.0 and rows[0]["infer_spread"] == 0.0
+    assert rows[1]["train_spread"] == pytest.approx(0.5)  # 10, 5, 10 img/s: (10 - 5) / 10
+    assert rows[1]["infer_spread"] == pytest.approx(0.8)  # 100, 100, 20 img/s
+    verdict = noise.assess(rows, rounds=3, max_spread=0.2, load_start=[0.5, 0.5, 0.5],
+                           load_end=[0.6, 0.5, 0.5], cores=2)  # fmt: skip
+    assert verdict["noisy_models"] == ["jumpy"] and not verdict["trusted"]
+    noise.mark_rows(rows, verdict)
+    assert [r["noisy"] for r in rows] == [False, True]
+
+
+def test_spread_over_threshold_is_flagged_per_model() -> None:
+    rows = [_row("calm", 0.05, 0.1), _row("noisy", 0.9, 0.1), _row("half", None, 0.3)]
+    warnings, noisy = noise.spread_warnings(rows, max_spread=0.2, rounds=3)
+    assert noisy == ["noisy", "half"]
+    assert len(warnings) == 1 and "noisy (train 90 %)" in warnings[0]
+    assert "half (infer 30 %)" in warnings[0] and "calm" not in warnings[0]
+    assert noise.spread_warnings(rows, max_spread=1.0, rounds=3) == ([], [])
+
+
+def test_one_round_cannot_show_noise_and_says_so() -> None:
+    warnings, noisy = noise.spread_warnings([_row("m", None, None)], 0.2, rounds=1)
+    assert noisy == [] and "no round-to-round spread" in warnings[0]
+
+
+def test_load_above_usable_cores_is_flagged() -> None:
+    assert noise.load_warning([1.9, 3.0, 3.0], cores=2) is None
+    assert noise.load_warning(None, cores=2) is None
+    text = noise.load_warning([8.3, 7.8, 5.8], cores=2)
+    assert text is not None and "8.30" in text and "2 usable core" in text
+    loads = {"load_start": [8.3, 7.8, 5.8], "load_end": [9.0, 8.0, 6.0]}
+    verdict = noise.assess([_row("m", 0.01, 0.01)], rounds=3, max_spread=0.2, cores=2, **loads)
+    assert verdict["loaded"] and verdict["noisy_models"] == [] and not verdict["trusted"]
+    assert verdict["load_start"] == [8.3, 7.8, 5.8] and verdict["load_end"][0] == 9.0
+
+
+def test_trusted_run_has_no_warning_line() -> None:
+    verdict = noise.assess([_row("m", 0.01, 0.02)], rounds=3, max_spread=0.2,
+                           load_start=[0.2, 0.2, 0.2], load_end=None, cores=2)  # fmt: skip
+    assert verdict["trusted"] and noise.warning_line(verdict) is None
+
+
+def test_markdown_and_machine_json_carry_the_verdict(report: BenchmarkReport, tmp_path) -> None:
+    assert "noise" in report.settings and "load_start" in report.machine
+    for row in report.rows:
+        assert {"train_spread", "infer_spread", "noisy"} <= set(row)
+    flagged = BenchmarkReport(
+        rows=[dict(r, noisy=True) for r in report.rows],
+        machine={**report.machine, "load_start": [9.0, 8.0, 7.0], "load_end": [9.5, 8.0, 7.0]},
+        settings={**report.settings, "noise": noise.assess(
+            report.rows, rounds=2, max_spread=0.2, load_start=[9.0, 8.0, 7.0],
+            load_end=[9.5, 8.0, 7.0], cores=2)},
+    )  # fmt: skip
+    md = flagged.to_markdown()
+    assert "⚠ Warning: these timings may not be trustworthy" in md and "load average 9.00" in md
+    files = flagged.save(tmp_path / "bench")
+    machine = json.loads(files["machine.json"].read_text())
+    assert machine["machine"]["load_start"] == [9.0, 8.0, 7.0]
+    assert machine["machine"]["load_end"][0] == 9.5
+    assert machine["settings"]["noise"]["loaded"] is True
+
+
+def test_cli_strict_refuses_a_loaded_machine_before_measuring(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(noise, "load_average", lambda: [64.0, 64.0, 64.0])
+    argv = ["benchmark", "--models", "unet_skinny", "--size", "64", "--batch-size", "2",
+            "--no-memory", "--reference", "none", "--strict"]  # fmt: skip
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "refused (--strict)" in captured.err
+    assert "load average 64.00" in captured.err
+
+
+def test_cli_strict_refuses_a_noisy_run_and_plain_run_warns(monkeypatch, capsys) -> None:
+    import satunet.benchmark as bench
+
+    monkeypatch.setattr(noise, "load_average", lambda: [0.0, 0.0, 0.0])
+    rows = [dict(_row("unet_skinny", 0.9, 0.1), params=1, gmacs=1.0, noisy=True)]
+    verdict = noise.assess(rows, rounds=3, max_spread=0.2, load_start=[0.0] * 3,
+                           load_end=[0.0] * 3, cores=2)  # fmt: skip
+    fake = BenchmarkReport(rows=rows, machine={"summary": "test"},
+                           settings={"noise": verdict, "size": 64})  # fmt: skip
+    monkeypatch.setattr(bench, "benchmark_models", lambda *a, **k: fake)
+    argv = ["benchmark", "--models", "unet_skinny", "--no-memory", "--reference", "none"]
+    assert cli.main([*argv, "--strict", "--format", "json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "unet_skinny (train 90 %)" in captured.err
+    monkeypatch.setattr(BenchmarkReport, "to_markdown", lambda self: "TABLE " + str(
+        noise.warning_line(self.settings["noise"])))  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "TABLE **⚠ Warning" in capsys.readouterr().out

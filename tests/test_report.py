@@ -5,6 +5,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,3 +128,51 @@ def test_report_draws_from_arrays_and_never_imports_an_engine():
     assert not {m for m in imported if m and m.startswith(("satunet.evaluate", "satunet.train"))}
     with pytest.raises(ValueError, match="one mask and prediction per image"):
         plot_predictions([torch.zeros(3, 4, 4)], [], [], Path("unused.png"), classes=["a"])
+
+
+def test_display_rgb_stretches_each_band_from_2_to_98_percent():
+    from satunet.report import display_rgb
+
+    rng = np.random.default_rng(0)
+    dark = rng.uniform(0.01, 0.05, size=(4, 32, 32)).astype(np.float32)  # raw reflectance
+    rgb = display_rgb(dark)
+    assert rgb.shape == (32, 32, 3) and rgb.min() >= 0 and rgb.max() <= 1
+    assert rgb.mean() > 0.3  # no longer a dark image
+    grey = display_rgb(dark[:1])
+    assert np.allclose(grey[..., 0], grey[..., 2])
+    flat = display_rgb(np.full((3, 4, 4), 7.0))
+    assert np.isfinite(flat).all()
+
+
+def test_curves_name_the_loss_and_predictions_take_ids(tmp_path: Path):
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "val_miou": 0.3, "lr": 1e-3}]
+    plot_curves(history, tmp_path / "curves.png", loss_name="jaccard")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    image, mask = np.zeros((3, 8, 8), np.float32), np.zeros((8, 8), np.int64)
+    plot_predictions([image], [mask], [mask], tmp_path / "p.png", classes=["a", "b"],
+                     ids=["tile_0042"])  # fmt: skip
+    assert (tmp_path / "p.png").is_file()
+
+
+def test_scene_preview_legend_lists_only_classes_present(tmp_path: Path, monkeypatch):
+    import matplotlib.figure
+
+    from satunet.report import plot_scene_preview
+
+    labels: list[str] = []
+    original = matplotlib.figure.Figure.legend
+
+    def spy(self, *args, **kwargs):
+        labels.extend(h.get_label() for h in kwargs["handles"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "legend", spy)
+    classes = np.zeros((40, 60), np.uint8)
+    classes[:10] = 2
+    classes[-2:, -2:] = 255
+    names = ["background", "building", "road", "water"]
+    colours = [(255, 255, 255), (255, 0, 0), (255, 255, 0), (0, 0, 255)]
+    path = plot_scene_preview(classes, tmp_path / "preview.png", names=names, colours=colours,
+                              nodata=255)  # fmt: skip
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    assert labels == ["background", "road", "no-data"]

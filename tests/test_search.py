@@ -45,14 +45,16 @@ def test_sampled_designs_cover_the_space_and_run():
 
 
 def test_propose_respects_budget_size_and_seeds():
-    cands = propose(4, size=64, budget_gmacs=0.05, seeds=(), space=TINY, seed=3)
+    cands = propose(4, size=64, budget_gmacs=3.2, seeds=(), space=TINY, seed=3)
     assert len(cands) == 4 and len({c.name for c in cands}) == 4
     for c in cands:
-        assert c.gmacs <= 0.05
+        assert c.gmacs_512 <= 3.2  # the budget is at 512x512, as documented, whatever --size
+        assert c.gmacs == pytest.approx(c.gmacs_512 / 64, rel=0.05)  # 64x64 is 1/64 the pixels
         multiple = c.preset.options.get("stem_stride", 1) * 2 ** (len(c.preset.levels) - 1)
         assert 64 % multiple == 0
     seeded = propose(1, size=64, budget_gmacs=12)
-    assert seeded[0].name == "unet_fast" and seeded[0].gmacs <= 12
+    assert seeded[0].name == "unet_fast" and seeded[0].gmacs_512 <= 12
+    assert seeded[0].gmacs < 1  # unet_fast is 10 GMACs at 512, so about 0.16 at 64
     with pytest.raises(ConfigError, match="no design"):
         propose(2, size=64, budget_gmacs=1e-9, seeds=(), space=TINY, max_draws=20)
 
@@ -119,3 +121,37 @@ def test_cli_search_runs_and_rejects_bad_values(tmp_path, capsys: pytest.Capture
     with pytest.raises(SystemExit) as info:
         main(["search", "--help"])
     assert info.value.code == 0 and "satunet search" in capsys.readouterr().out
+
+
+def test_candidates_toml_holds_every_measured_design_marking_over_budget(tmp_path):
+    from satunet.search.run import save_candidates
+
+    cands = propose(3, size=64, budget_gmacs=3.2, seeds=(), space=TINY)
+    for c, ms in zip(cands, (5.0, 50.0, None), strict=True):
+        c.metrics["latency_ms_p50"] = ms
+    kept = {c.name for c in within_budget(cands, 10.0)}
+    save_candidates(tmp_path / "candidates.toml", cands, kept, 10.0)
+    presets = load_presets(tmp_path / "candidates.toml")
+    assert list(presets) == [c.name for c in cands]
+    assert "within budget: latency 5.0 ms" in presets[cands[0].name].description
+    assert "OVER BUDGET: latency 50.0 ms > 10 ms" in presets[cands[1].name].description
+    assert "OVER BUDGET: latency not measured" in presets[cands[2].name].description
+
+
+def test_memory_step_at_batch_one_freezes_batchnorm_instead_of_failing():
+    import torch
+    from torch import nn
+
+    from satunet.benchmark.timing import make_variant, memory_train_step
+
+    # a global-pooling branch with BatchNorm, like DeepLabV3+'s ASPP: untrainable at batch 1
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4),
+                          nn.Upsample(size=16))  # fmt: skip
+    spec = {"precision": "fp32", "channels_last": False, "size": 16, "batch_size": 1,
+            "in_channels": 3, "num_classes": 4}  # fmt: skip
+    v = make_variant("aspp-like", model, spec, torch.device("cpu"), baseline=False, compile=False)
+    assert memory_train_step(v, torch.device("cpu")) is True
+    spec["batch_size"] = 2
+    v = make_variant("aspp-like", model, spec, torch.device("cpu"), baseline=False, compile=False)
+    model.train()
+    assert memory_train_step(v, torch.device("cpu")) is False

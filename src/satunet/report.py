@@ -20,10 +20,14 @@ from satunet.metrics import Scores
 __all__ = [
     "atomic_write_text",  # re-exported until models.presets/benchmark/reproduce/search move on
     "colorize",
+    "display_rgb",
     "fmt",
     "markdown_table",
+    "place_labels",
+    "plain_log_ticks",
     "plot_curves",
     "plot_predictions",
+    "plot_scene_preview",
     "scores_markdown",
     "write_scores",
 ]
@@ -42,6 +46,59 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def plain_log_ticks(axis: Any) -> None:
+    """Label a log axis at 1-2-5 steps in plain numbers (no 10^x, no colliding minor labels)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _overlap(a: Any, b: Any) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def place_labels(
+    ax: Any,
+    points: Sequence[tuple[float, float, str]],
+    *,
+    fontsize: float = 8,
+    color: str = "black",
+    avoid: list | None = None,
+) -> list:
+    """Annotate ``(x, y, text)`` points, trying offsets around each until no label overlaps
+    another (or, failing that, the least overlapping). ``avoid`` holds the window extents of
+    labels already placed (e.g. by an earlier call), and is extended. Returns it."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    placed = avoid if avoid is not None else []
+    offsets = [(4, 3), (4, -11), (-4, 3), (-4, -11), (4, 12), (4, -20), (-4, 12), (-4, -20),
+               (4, 21), (4, -29)]  # fmt: skip
+    for x, y, text in sorted(points, key=lambda p: -p[1]):
+        best, best_cost = None, math.inf
+        for dx, dy in offsets:
+            label = ax.annotate(
+                text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                color=color, ha="left" if dx > 0 else "right", va="bottom",
+            )  # fmt: skip
+            box = label.get_window_extent(renderer).expanded(1.05, 1.1)
+            cost = sum(_overlap(box, other) for other in placed)
+            if cost < best_cost:
+                if best is not None:
+                    best[0].remove()
+                best, best_cost = (label, box), cost
+            else:
+                label.remove()
+            if cost == 0:
+                break
+        if best is not None:
+            placed.append(best[1])
+    return placed
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
@@ -117,23 +174,32 @@ def write_scores(
     return json_path, md_path
 
 
-def plot_curves(history: Sequence[dict[str, Any]], path: PathLike) -> None:
-    """Train/val loss, val mIoU (standard and study) and learning rate per epoch."""
+def plot_curves(
+    history: Sequence[dict[str, Any]], path: PathLike, *, loss_name: str | None = None
+) -> None:
+    """Train/val loss, val mIoU (standard and study) and learning rate per epoch.
+
+    ``loss_name`` (e.g. the config's ``train.loss``, "jaccard") labels the loss axis; without
+    it, a ``"loss"`` entry of the history is used where there is one.
+    """
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
+    loss_name = loss_name or next((r["loss"] for r in history if r.get("loss")), None)
 
     def col(key: str) -> list[float]:
         return [math.nan if r.get(key) is None else r[key] for r in history]
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     axes[0].plot(epochs, col("train_loss"), "o-", label="train")
     axes[0].plot(epochs, col("val_loss"), "o-", label="validation")
-    axes[0].set(title="loss", xlabel="epoch")
+    title = f"loss ({loss_name})" if loss_name else "loss"
+    axes[0].set(title=title, xlabel="epoch", ylabel=f"{loss_name or 'training'} loss")
     axes[1].plot(epochs, col("val_miou"), "o-", label="mIoU (standard)")
     axes[1].plot(epochs, col("val_study_miou"), "s--", label="study metric", alpha=0.7)
-    axes[1].set(title="validation mIoU", xlabel="epoch")
+    axes[1].set(title="validation mIoU", xlabel="epoch", ylabel="mIoU (0–1)")
     axes[2].plot(epochs, col("lr"), "o-", color="tab:green")
-    axes[2].set(title="learning rate", xlabel="epoch", yscale="log")
+    axes[2].set(title="learning rate", xlabel="epoch", ylabel="learning rate", yscale="log")
+    plain_log_ticks(axes[2].yaxis)
     for ax in axes[:2]:
         ax.legend()
     for ax in axes:
@@ -144,18 +210,24 @@ def plot_curves(history: Sequence[dict[str, Any]], path: PathLike) -> None:
     plt.close(fig)
 
 
-def _display_image(image: torch.Tensor, normalization: dict[str, list[float]] | None) -> Any:
-    """(C, H, W) model input -> (H, W, 3) array in [0, 1] for display (first 3 bands)."""
-    image = image.float().cpu()
-    if normalization is not None:
-        mean = torch.tensor(normalization["mean"]).view(-1, 1, 1)
-        std = torch.tensor(normalization["std"]).view(-1, 1, 1)
-        image = image * std[: len(image)] + mean[: len(image)]
-    if image.shape[0] >= 3:
-        image = image[:3]
-    else:
-        image = image[:1].expand(3, -1, -1)
-    return image.clamp(0, 1).permute(1, 2, 0).numpy()
+def display_rgb(image: Any, low: float = 2.0, high: float = 98.0) -> np.ndarray:
+    """(C, H, W) bands -> (H, W, 3) float RGB in [0, 1], each band stretched from its ``low`` to
+    its ``high`` percentile: dark raw reflectances (or normalised inputs) become visible.
+
+    The first 3 bands are taken as R, G, B (1 or 2 bands: the first as grey). Non-finite pixels
+    are ignored for the percentiles and shown black.
+    """
+    bands = np.asarray(image, dtype=np.float32)
+    bands = bands[:3] if bands.shape[0] >= 3 else np.repeat(bands[:1], 3, axis=0)
+    out = np.zeros_like(bands)
+    for i, band in enumerate(bands):
+        finite = band[np.isfinite(band)]
+        if finite.size == 0:
+            continue
+        lo, hi = np.percentile(finite, (low, high))
+        scale = hi - lo if hi > lo else 1.0
+        out[i] = np.clip((np.nan_to_num(band, nan=lo) - lo) / scale, 0, 1)
+    return out.transpose(1, 2, 0)
 
 
 def colorize(
@@ -177,6 +249,10 @@ def _default_palette(n: int) -> list[list[int]]:
     return [[int(255 * v) for v in cmap(i % cmap.N)[:3]] for i in range(n)]
 
 
+# A neutral grey behind the class maps, so white (LoveDA's "background") and black classes show.
+PANEL_BACKGROUND = "#8c8c8c"
+
+
 def plot_predictions(
     images: Sequence[Any],
     masks: Sequence[Any],
@@ -187,14 +263,16 @@ def plot_predictions(
     palette: Sequence[Sequence[int]] | None = None,
     normalization: dict[str, list[float]] | None = None,
     ignore_index: int | None = None,
+    ids: Sequence[str] | None = None,
 ) -> None:
     """The study's figure: image | prediction | ground truth rows, in the dataset's palette.
 
-    ``images`` are (C, H, W) model inputs, ``masks`` and ``predictions`` (H, W) class ids
-    (arrays or tensors; see :func:`satunet.evaluate.predict_samples`), with a class legend.
+    ``images`` are (C, H, W) model inputs shown as RGB stretched per band (2-98 percentile, so
+    the normalisation does not matter and is accepted for compatibility), ``masks`` and
+    ``predictions`` (H, W) class ids (arrays or tensors; see
+    :func:`satunet.evaluate.predict_samples`). Rows are labelled with ``ids`` (default: the
+    sample's index); panels sit on a neutral grey, with a framed class legend.
     """
-    from matplotlib.patches import Patch
-
     n = len(images)
     if not n == len(masks) == len(predictions):
         raise ValueError(
@@ -203,29 +281,95 @@ def plot_predictions(
         )
     if n == 0:
         return
+    ids = [str(i) for i in ids] if ids is not None else [f"sample {i}" for i in range(n)]
     plt = _pyplot()
     palette = list(palette) if palette else _default_palette(len(classes))
-    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n + 0.8), squeeze=False)
+    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n + 1.0), squeeze=False)
+    fig.patch.set_facecolor(PANEL_BACKGROUND)
     for row in range(n):
         panels = [
-            _display_image(torch.as_tensor(np.asarray(images[row])), normalization),
+            display_rgb(np.asarray(images[row])),
             colorize(torch.as_tensor(np.asarray(predictions[row])), palette),
             colorize(torch.as_tensor(np.asarray(masks[row])), palette, ignore_index),
         ]
-        for ax, panel, name in zip(
-            axes[row], panels, ("image", "prediction", "ground truth"), strict=True
-        ):
+        for col, (ax, panel) in enumerate(zip(axes[row], panels, strict=True)):
             ax.imshow(panel, interpolation="nearest")
-            ax.set_axis_off()
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_color("0.25")
             if row == 0:
-                ax.set_title(name)
+                ax.set_title(("image (RGB, 2–98 % stretch)", "prediction", "ground truth")[col])
+            if col == 0:
+                ax.set_ylabel(ids[row], fontsize=9)
+    _legend(fig, classes, palette, ignore_index, rect_bottom=1.0 / (3 * n + 1.0))
+    _savefig_atomic(fig, path)
+    plt.close(fig)
+
+
+def _legend(
+    fig: Any,
+    classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    ignore_index: int | None,
+    rect_bottom: float,
+) -> None:
+    from matplotlib.patches import Patch
+
     handles = [
-        Patch(facecolor=[c / 255 for c in rgb], edgecolor="0.5", label=name)
+        Patch(facecolor=[c / 255 for c in rgb], edgecolor="0.3", label=name)
         for name, rgb in zip(classes, palette, strict=False)
     ]
     if ignore_index is not None:
-        handles.append(Patch(facecolor="black", label=f"ignored ({ignore_index})"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), frameon=False)
-    fig.tight_layout(rect=(0, 0.8 / (3 * n + 0.8) + 0.02, 1, 1))
-    _savefig_atomic(fig, path)
-    plt.close(fig)
+        handles.append(Patch(facecolor="black", edgecolor="0.3", label=f"ignored ({ignore_index})"))
+    fig.legend(
+        handles=handles, loc="lower center", ncol=min(len(handles), 4), frameon=True,
+        facecolor=PANEL_BACKGROUND, edgecolor="0.2", framealpha=1.0,
+    )  # fmt: skip
+    fig.tight_layout(rect=(0, rect_bottom + 0.01, 1, 1))
+
+
+def plot_scene_preview(
+    classes: np.ndarray,
+    path: PathLike,
+    *,
+    names: Sequence[str],
+    colours: Sequence[Sequence[int]],
+    nodata: int | None = None,
+    dpi: int = 100,
+) -> Path:
+    """A predicted scene's (H, W) class ids in the model's colours, shown pixel for pixel, with a
+    legend of only the classes present (and no-data, where ``nodata`` pixels occur)."""
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    path = Path(path)
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(colours)] = np.asarray(colours, dtype=np.uint8)[:256]
+    present = [int(v) for v in np.unique(classes)]
+    handles = [
+        Patch(facecolor=lut[v] / 255, edgecolor="0.3", label=names[v])
+        for v in present
+        if v < len(names) and v != nodata
+    ]
+    if nodata is not None and nodata in present:
+        handles.append(Patch(facecolor="black", edgecolor="0.3", label="no-data"))
+    height, width = classes.shape
+    legend_in = 1.0 + 0.09 * max((len(h.get_label()) for h in handles), default=6)
+    fig_h = max(height / dpi, 0.3 + 0.25 * len(handles))
+    fig = plt.figure(figsize=(width / dpi + legend_in, fig_h))
+    image_w = width / dpi / fig.get_figwidth()
+    ax = fig.add_axes((0, 1 - height / dpi / fig_h, image_w, height / dpi / fig_h))
+    ax.imshow(lut[classes], interpolation="nearest")
+    ax.set_axis_off()
+    fig.patch.set_facecolor(PANEL_BACKGROUND)
+    fig.legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(image_w, 1), fontsize=10,
+        frameon=True, facecolor="white", edgecolor="0.3", framealpha=1.0, borderaxespad=0.4,
+    )  # fmt: skip
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, facecolor=fig.get_facecolor())
+    finally:
+        plt.close(fig)
+    return path

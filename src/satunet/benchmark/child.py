@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from satunet.benchmark.timing import make_variant, train_step
+from satunet.benchmark.timing import make_variant, memory_train_step, train_step
 from satunet.errors import ConfigError, SatunetError
 from satunet.models import Preset, create_model
 from satunet.runtime import PRECISIONS
@@ -134,7 +134,7 @@ def measure_child_peak(spec_path: str | Path) -> float:
         p.grad = torch.zeros_like(p)
     v.optimizer.step()
     v.optimizer.zero_grad(set_to_none=True)
-    train_step(v, device)
+    memory_train_step(v, device)
     return _peak_kb(before_kb, proc_fs) / 1024
 
 

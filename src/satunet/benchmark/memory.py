@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from satunet.benchmark.timing import Variant, train_step
+from satunet.benchmark.timing import Variant, memory_train_step
 from satunet.checkpoint import unwrap
 from satunet.files import atomic_write_json
 from satunet.models import UNet
@@ -39,7 +39,7 @@ def peak_memory_cuda(v: Variant, device: torch.device) -> float:
     synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    train_step(v, device)
+    memory_train_step(v, device)
     synchronize(device)
     step_peak = torch.cuda.max_memory_allocated(device) - before
     persistent = sum(p.numel() * p.element_size() for p in v.model.parameters())

@@ -20,6 +20,7 @@ from torch import nn
 
 from satunet.benchmark.machine import describe_machine
 from satunet.benchmark.memory import child_spec, peak_memory_child, peak_memory_cuda
+from satunet.benchmark.noise import DEFAULT_MAX_SPREAD, assess, load_average, mark_rows
 from satunet.benchmark.table import STUDY_TILE, BenchmarkReport, build_rows
 from satunet.benchmark.timing import (
     Variant,
@@ -35,7 +36,7 @@ from satunet.checkpoint import unwrap
 from satunet.errors import ConfigError
 from satunet.models import check_model_name, create_model
 from satunet.profile import count_gmacs, count_params, study_footprint_mb
-from satunet.runtime import Precision, resolve_device
+from satunet.runtime import Precision, resolve_device, usable_cores
 from satunet.speed import prepare_for_inference
 
 log = logging.getLogger(__name__)
@@ -319,6 +320,7 @@ def benchmark_models(
     measure_memory: bool = True,
     progress: bool = True,
     min_time_s: float = 0.5,
+    max_spread: float = DEFAULT_MAX_SPREAD,
 ) -> BenchmarkReport:
     """Measure models side by side on this machine; see the module docstring for the method.
 
@@ -329,6 +331,10 @@ def benchmark_models(
             if not among ``models``). None: no ratios.
         min_time_s: each model's timed work per round is at least this long (steps are repeated
             after warm-up calibration), so short steps are not dominated by timer noise.
+        max_spread: a model whose per-round img/s spread, (max - min) / median, exceeds this is
+            flagged as noisy; so is the whole run when the 1-minute load average at the start
+            exceeds the usable cores. ``report.settings["noise"]`` holds the verdict
+            (``trusted``, ``warnings``) and ``report.machine`` the load at start and end.
 
     When any speed option is on or precision is not fp32, every model is also measured as fp32
     eager in the same interleaved rounds, and its rows get the speed-ups and the output
@@ -340,6 +346,9 @@ def benchmark_models(
         measure_infer, measure_memory, min_time_s,
     )  # fmt: skip
     check_plan(plan)
+    if max_spread <= 0:
+        raise ConfigError(f"max_spread must be > 0, got {max_spread}")
+    load_start = load_average()
     wall_start = time.perf_counter()
     factories = model_factories(models, reference)
     variants, facts, built = build_variants(factories, plan)
@@ -347,7 +356,18 @@ def benchmark_models(
         "benchmark: %d model(s) at %dx%d, batch %d, %s on %s; %d warm-up + %d timed rounds",
         len(factories), size, size, batch_size, precision, plan.device, warmup, rounds,
     )  # fmt: skip
-    return _measure(plan, factories, variants, facts, built, progress, wall_start)
+    report = _measure(plan, factories, variants, facts, built, progress, wall_start)
+    load_end = load_average()
+    report.machine.update(load_start=load_start, load_end=load_end)
+    noise = assess(
+        report.rows, rounds=rounds, max_spread=max_spread, load_start=load_start,
+        load_end=load_end, cores=usable_cores(),
+    )  # fmt: skip
+    mark_rows(report.rows, noise)
+    report.settings["noise"] = noise
+    for warning in noise["warnings"]:
+        log.warning("benchmark: %s", warning)
+    return report
 
 
 def _measure(

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from satunet.benchmark.chart import plot_chart
+from satunet.benchmark.noise import relative_spread, warning_line
 from satunet.benchmark.timing import Variant, percentile
-from satunet.files import PathLike, atomic_path, atomic_write_json, atomic_write_text, jsonable
+from satunet.files import PathLike, atomic_write_json, atomic_write_text, jsonable
 from satunet.report import fmt, markdown_table
 
 # Training tiles per epoch in the study's protocol (seed spec section 7), all 512x512.
@@ -41,6 +43,9 @@ ROW_KEYS: tuple[str, ...] = (
     "ratio_infer",
     "ratio_infer_min",
     "ratio_infer_max",
+    "train_spread",
+    "infer_spread",
+    "noisy",
 )
 COMPARE_KEYS: tuple[str, ...] = (
     "fp32_train_img_s",
@@ -117,43 +122,15 @@ class BenchmarkReport:
             _markdown_head(s, compare, compiled),
             [_markdown_cells(r, compare, compiled) for r in self.rows],
         )
-        return "\n".join([title, "", table, *_footnotes(s, m, compare)]) + "\n"
+        warning = warning_line(s.get("noise"))
+        head = [title, "", warning, ""] if warning else [title, ""]
+        return "\n".join([*head, table, *_footnotes(s, m, compare)]) + "\n"
 
     def plot(self, path: PathLike) -> Path:
-        """PNG chart: training and inference throughput against GMACs, one point per model."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        path = Path(path)
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
-        for ax, key, title in (
-            (axes[0], "train_img_s", "training (fwd + bwd + step)"),
-            (axes[1], "infer_img_s", "inference"),
-        ):
-            points = [(r["gmacs"], r[key], r["name"]) for r in self.rows if r.get(key)]
-            for gmacs, rate, name in points:
-                ax.scatter(gmacs, rate, s=40)
-                ax.annotate(name, (gmacs, rate), textcoords="offset points", xytext=(4, 4))
-            ax.set_xlabel(f"GMACs per image at {self.settings.get('size')}px")
-            ax.set_ylabel("images / s")
-            ax.set_title(title)
-            if points:
-                ax.set_xscale("log")
-                ax.set_yscale("log")
-            ax.grid(True, which="both", alpha=0.3)
-        fig.suptitle(
-            f"{self.machine.get('summary', '')}: {self.settings.get('variant', '')}, "
-            f"batch {self.settings.get('batch_size')}",
-            fontsize=9,
-        )
-        try:
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, format="png", dpi=120)
-        finally:
-            plt.close(fig)
-        return path
+        """PNG chart: throughput against GMACs per measured phase, min-max error bars."""
+        noise = self.settings.get("noise") or {}
+        warning = "; ".join(noise.get("warnings") or []) or None
+        return plot_chart(self.rows, self.machine, self.settings, path, warning)
 
     def save(self, out_dir: PathLike) -> dict[str, Path]:
         """Write table.md, results.csv, results.json, machine.json and chart.png (atomically)."""
@@ -189,6 +166,7 @@ def _markdown_head(s: dict[str, Any], compare: bool, compiled: bool) -> list[str
         "Infer img/s",
         "× ref",
         "Latency p50/p95 ms",
+        "Spread⁵ train/infer",
     ]
     if compare:
         head += ["Train × fp32", "Infer × fp32", "Argmax agree", "Rel. RMS err"]
@@ -205,6 +183,13 @@ def _span(mid: float | None, lo: float | None, hi: float | None) -> str:
     return f"{fmt(mid, digits)} ({fmt(lo, digits)}–{fmt(hi, digits)})"
 
 
+def _spread_cell(r: dict[str, Any]) -> str:
+    cells = [
+        "–" if r.get(k) is None else f"{100 * r[k]:.0f} %" for k in ("train_spread", "infer_spread")
+    ]
+    return " / ".join(cells) + (" ⚠" if r.get("noisy") else "")
+
+
 def _markdown_cells(r: dict[str, Any], compare: bool, compiled: bool) -> list[str]:
     cells = [
         f"`{r['name']}`",
@@ -219,6 +204,7 @@ def _markdown_cells(r: dict[str, Any], compare: bool, compiled: bool) -> list[st
         fmt(r["infer_img_s"], 3 if (r["infer_img_s"] or 99) < 10 else 1),
         fmt(r["ratio_infer"], 2),
         f"{fmt(r['latency_ms_p50'], 0)} / {fmt(r['latency_ms_p95'], 0)}",
+        _spread_cell(r),
     ]
     if compare:
         agree = r.get("argmax_agreement")
@@ -253,6 +239,9 @@ def _footnotes(s: dict[str, Any], m: dict[str, Any], compare: bool) -> list[str]
         f"Inference: img/s at batch {s.get('batch_size')}, latency at batch 1. "
         f"torch {m.get('torch')}, {m.get('threads', '?')} threads. "
         f"Timing overhead {fmt(s.get('timing_overhead_pct'), 3)} % of measured time.",
+        "⁵ Round-to-round spread of img/s, (max − min) / median; ⚠ above "
+        f"{100 * (s.get('noise') or {}).get('max_spread', 0.2):.0f} %. Load average (1 min) "
+        f"{_load_text(m)} on {m.get('cpus_usable', '?')} usable cores.",
     ]
     if size != STUDY_TILE:
         notes.insert(1, f"Input size reduced to {size}x{size} (the study used 512x512).")
@@ -262,6 +251,13 @@ def _footnotes(s: dict[str, Any], m: dict[str, Any], compare: bool) -> list[str]
             "agreement and relative RMS error of the logits against fp32 eager on one batch."
         )
     return notes
+
+
+def _load_text(m: dict[str, Any]) -> str:
+    start, end = m.get("load_start"), m.get("load_end")
+    if not start:
+        return "unknown"
+    return f"{start[0]:.2f} at start" + (f", {end[0]:.2f} at end" if end else "")
 
 
 # --------------------------------------------------------------------------- rows
@@ -298,6 +294,9 @@ def _speed_columns(v: Variant, size: int) -> dict[str, Any]:
     row: dict[str, Any] = {}
     row.update(stats("train_img_s", _rates(v.train_s)))
     row.update(stats("infer_img_s", _rates(v.infer_s)))
+    for key, seconds in (("train_spread", v.train_s), ("infer_spread", v.infer_s)):
+        spread = relative_spread(_rates(seconds))
+        row[key] = None if spread is None else round(spread, 4)
     for key, q in (("latency_ms_p50", 0.5), ("latency_ms_p95", 0.95)):
         row[key] = round_sig(1e3 * percentile(v.latency_s, q)) if v.latency_s else None
     scale = (STUDY_TILE / size) ** 2

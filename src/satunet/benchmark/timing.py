@@ -100,6 +100,33 @@ def train_step(v: Variant, device: torch.device) -> None:
     v.optimizer.zero_grad(set_to_none=True)
 
 
+def is_single_value_batchnorm_error(error: ValueError) -> bool:
+    """True for BatchNorm's "Expected more than 1 value per channel when training" error."""
+    return "more than 1 value per channel" in str(error)
+
+
+def memory_train_step(v: Variant, device: torch.device) -> bool:
+    """One training step for a memory measurement; returns whether BatchNorm had to be frozen.
+
+    A model with a 1x1 bottleneck or a global-pooling branch (DeepLabV3+'s ASPP) cannot train
+    on batch 1 in BatchNorm's training mode: then the step runs with BatchNorm layers using
+    their running statistics (as batch-1 fine-tuning does), which costs the same memory to
+    within the BN statistics.
+    """
+    try:
+        train_step(v, device)
+        return False
+    except ValueError as e:
+        if not is_single_value_batchnorm_error(e):
+            raise
+    v.optimizer.zero_grad(set_to_none=True)
+    for module in v.model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    train_step(v, device)
+    return True
+
+
 def time_train(v: Variant, device: torch.device, steps: int) -> float:
     """Seconds for ``steps`` training steps, GPU work included."""
     v.model.train()
@@ -116,7 +143,7 @@ def first_train_step(v: Variant, device: torch.device) -> float:
     try:
         return time_train(v, device, 1)
     except ValueError as e:
-        if "more than 1 value per channel" not in str(e):
+        if not is_single_value_batchnorm_error(e):
             raise
         raise ConfigError(
             f"{v.name} cannot train on batch {len(v.x)} at {v.x.shape[-1]}x{v.x.shape[-1]}: a "

@@ -46,11 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `satunet` and `python -m satunet`; returns the exit status."""
+    # Before torch (imported lazily by the commands) starts OpenMP: idle threads sleep instead
+    # of spinning. Spinning threads on a loaded or oversubscribed CPU made 2 threads ~10x slower
+    # than 1 (benchmarks/threads.py). An explicit OMP_WAIT_POLICY wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     try:
-        return int(args.run(args) or 0)
+        return _run_command(args)
     except SatunetError as e:
         print(f"satunet {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -65,6 +69,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report_bug(args, e)
     except Exception as e:  # the error boundary: anything else is a satunet bug
         return _report_bug(args, e)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Sane CPU threads (train, predict, benchmark, search, each torchrun rank), then the command,
+    with log lines printed above any progress bar instead of glued onto it."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from satunet.runtime import configure_cpu_threads
+
+    configure_cpu_threads()
+    with logging_redirect_tqdm():
+        return int(args.run(args) or 0)
 
 
 def _report_bug(args: argparse.Namespace, error: BaseException) -> int:

@@ -14,6 +14,9 @@ EXAMPLE = """examples:
   satunet benchmark --size 512 --batch-size 8 --out bench/
   # bf16 autocast + channels_last against fp32 measured in the same run
   satunet benchmark --device cpu --precision bf16 --channels-last --size 256 --batch-size 2
+  # refuse (exit 1, no table) when the machine is loaded or a model's rounds disagree by > 10 %
+  satunet benchmark --models unet_fast,smp:Unet:resnet18 --size 256 --batch-size 2 --strict \
+      --max-spread 0.1
   # two models as JSON, on a GPU, with torch.compile
   satunet benchmark --models unet_skinny,unet_base --device cuda --compile --format json
 """
@@ -61,6 +64,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-train", action="store_true", help="skip the training measurement")
     p.add_argument("--no-infer", action="store_true", help="skip the inference measurement")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument(
+        "--max-spread",
+        type=float,
+        default=0.2,
+        help="flag a model whose per-round img/s spread, (max - min) / median, exceeds this "
+        "(default 0.2)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (exit 1, no table) a run that is noisy, or started with the 1-minute load "
+        "average above the usable cores; without it, such a table carries a warning line",
+    )
     p.add_argument("--format", choices=("md", "csv", "json"), default="md", help="stdout format")
     p.add_argument(
         "-o", "--out", default=None, help="folder for table.md, results.csv/json, chart.png"
@@ -71,6 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from satunet.benchmark import STUDY_MODELS, benchmark_models
     from satunet.errors import ConfigError
+    from satunet.files import check_output_dir
     from satunet.models import check_model_name
 
     if args.models is None:
@@ -87,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise ConfigError(f"--models lists a model twice: {args.models}")
     reference = None if args.reference.lower() == "none" else args.reference
+    if args.max_spread <= 0:
+        raise ConfigError(f"--max-spread must be > 0, got {args.max_spread}")
+    if args.out:  # before the measurements, which take minutes
+        check_output_dir(args.out, what="--out folder")
+    if args.strict and _refuse(_loaded_now()):
+        return 1
     report = benchmark_models(
         names,
         size=args.size,
@@ -105,7 +128,11 @@ def run(args: argparse.Namespace) -> int:
         measure_infer=not args.no_infer,
         measure_memory=not args.no_memory,
         progress=not args.quiet,
+        max_spread=args.max_spread,
     )
+    noise = report.settings.get("noise") or {}
+    if args.strict and _refuse(noise.get("warnings") or []):
+        return 1
     if args.format == "json":
         print(report.to_json())
     elif args.format == "csv":
@@ -116,3 +143,25 @@ def run(args: argparse.Namespace) -> int:
         files = report.save(args.out)
         print(f"wrote {', '.join(str(p) for p in files.values())}", file=sys.stderr)
     return 0
+
+
+def _loaded_now() -> list[str]:
+    from satunet.benchmark.noise import load_average, load_warning
+    from satunet.runtime import usable_cores
+
+    warning = load_warning(load_average(), usable_cores())
+    return [warning] if warning else []
+
+
+def _refuse(warnings: list[str]) -> bool:
+    """With --strict: print why the run is refused (no table) and return True."""
+    if not warnings:
+        return False
+    print(
+        "satunet benchmark: refused (--strict): the timings would not be trustworthy:\n"
+        + "\n".join(f"  - {w}" for w in warnings)
+        + "\nrun on an idle machine, add --rounds, or drop --strict to get the table with a "
+        "warning line",
+        file=sys.stderr,
+    )
+    return True

@@ -42,8 +42,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="dynamo",
         help="torch.export-based (default) or the legacy TorchScript exporter",
     )
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        help="ONNX opset (default 18; 17 with --exporter torchscript); other values are refused "
+        "unless the exporter writes them",
+    )
     p.set_defaults(run=run)
+
+
+# Loggers of the ONNX exporter's optimiser, whose INFO lines would flood `satunet export`.
+CHATTY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export")
+
+
+def quiet_exporter_logs(verbose: bool = False) -> None:
+    """Only warnings from the exporter's optimiser loggers (everything with --verbose)."""
+    import logging
+
+    if not verbose:
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from satunet.files import check_output_file
     from satunet.infer import export_onnx, onnx_parity
 
+    quiet_exporter_logs(getattr(args, "verbose", False))
     target = check_output_file(Path(args.onnx), inputs=[args.checkpoint], what="--onnx file")
     model, state = load_checkpoint(args.checkpoint)
     info = ModelInfo.from_checkpoint(state, model)

@@ -14,8 +14,10 @@ EXAMPLE = """examples:
   # then: satunet train --set model.name=my_presets.toml:cand_s0_007 ...
 
 writes OUT/search.md (Pareto table), OUT/search.json, OUT/pareto.png, OUT/candidates.toml (every
-design measured) and OUT/pareto_presets.toml (the Pareto-optimal ones); any design builds with
-create_model("OUT/candidates.toml:NAME", num_classes=...).
+design measured, over-budget ones included and marked "OVER BUDGET" in their description) and
+OUT/pareto_presets.toml (the Pareto-optimal ones); any design builds with
+create_model("OUT/candidates.toml:NAME", num_classes=...). --budget-gmacs counts GMACs at
+512x512 whatever --size is (designs over it are never timed).
 """
 
 
@@ -33,7 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-ms", type=float, help="keep designs with median latency <= X ms")
-    budget.add_argument("--budget-gmacs", type=float, help="keep designs with <= G GMACs per image")
+    budget.add_argument(
+        "--budget-gmacs",
+        type=float,
+        help="keep designs with <= G GMACs per image at 512x512 (whatever --size)",
+    )
     p.add_argument("--trials", type=int, default=8, help="designs to measure (default 8)")
     p.add_argument("-o", "--out", default="runs/search", help="output folder (runs/search)")
     p.add_argument("--size", type=int, default=512, help="square input size (512)")
@@ -112,5 +118,9 @@ def run(args: argparse.Namespace) -> int:
 
         path, names = save_front(result, args.save_presets)
         print(f"added {', '.join(names) or 'no designs'} to {path}")
-    print(f"wrote {out / 'search.md'}, {out / 'search.json'}, {out / 'pareto.png'}")
+    if args.budget_gmacs is not None and args.size != 512:
+        print(f"note: --budget-gmacs {args.budget_gmacs:g} was applied to GMACs at 512x512; the "
+              f"table's GMACs are at --size {args.size}")  # fmt: skip
+    print(f"wrote {out / 'search.md'}, {out / 'search.json'}, {out / 'pareto.png'}, "
+          f"{out / 'candidates.toml'}")  # fmt: skip
     return 0

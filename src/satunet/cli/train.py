@@ -37,6 +37,29 @@ FLAGS = {
 }
 
 
+def config_keys_help(width: int = 96) -> str:
+    """Every config key with its type and default, read from the config dataclasses' fields."""
+    import dataclasses
+    import textwrap
+
+    from satunet.config import DataConfig, ModelConfig, TrainConfig
+
+    lines = ["config keys (TOML sections, or --set SECTION.KEY=VALUE), with their defaults:"]
+    for section, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)):
+        items = []
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                default = repr(f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                default = repr(f.default_factory())
+            else:
+                default = "required"
+            items.append(f"{section}.{f.name}={default}")
+        lines += textwrap.wrap(", ".join(items), width, initial_indent="  ",
+                               subsequent_indent="    ")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -45,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "gradient accumulation, best checkpoint kept, deterministic validation, standard "
         "mIoU). Settings come from a flat TOML config (-c), plain flags, and --set "
         "section.key=value overrides, in that order.",
-        epilog=EXAMPLE,
+        epilog=EXAMPLE + "\n" + config_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-c", "--config", metavar="FILE", help="TOML config ([model], [data], [train])")

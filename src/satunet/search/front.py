@@ -9,7 +9,7 @@ from typing import Any
 
 from satunet.files import PathLike, atomic_path
 from satunet.models import Level, Preset, load_presets, save_presets
-from satunet.report import fmt
+from satunet.report import fmt, place_labels
 from satunet.report import markdown_table as build_table
 from satunet.search.space import Candidate
 
@@ -68,6 +68,7 @@ def summarize(
                 "options": dict(c.preset.options),
                 "params": c.params,
                 "gmacs": c.gmacs,
+                "gmacs_512": c.gmacs_512,
                 "latency_ms": m.get("latency_ms_p50"),
                 "infer_img_s": m.get("infer_img_s"),
                 "train_img_s": m.get("train_img_s"),
@@ -129,6 +130,33 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return build_table(head, cells, align="ll" + "r" * 10 + "l") + "\n"
 
 
+def _pareto_panel(ax: Any, rows: Sequence[Mapping[str, Any]], key: str, label: str,
+                  flag: str) -> None:  # fmt: skip
+    """One panel: every design as a point, the front in red, every point named (off-front ones
+    small and grey), labels placed so they do not overlap where there is room."""
+    pts = [r for r in rows if r.get(key) is not None and r.get("infer_img_s")]
+    off = [r for r in pts if not r.get(flag) and r["design"] != "reference"]
+    ref = [r for r in pts if r["design"] == "reference"]
+    front = sorted((r for r in pts if r.get(flag)), key=lambda r: r["infer_img_s"])
+    ax.scatter([r["infer_img_s"] for r in off], [r[key] for r in off], c="tab:gray", s=18,
+               label="other designs")  # fmt: skip
+    if ref:
+        ax.scatter([r["infer_img_s"] for r in ref], [r[key] for r in ref], marker="D",
+                   c="tab:blue", s=30, label="reference")  # fmt: skip
+    ax.plot([r["infer_img_s"] for r in front], [r[key] for r in front], "o-", c="tab:red",
+            label="Pareto front")  # fmt: skip
+    ax.set_xlabel("inference images/s (higher is faster)")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.12, y=0.1)
+    ax.legend(loc="best", fontsize=8)
+    ax.figure.canvas.draw()  # final limits, so label boxes can be measured
+    named = place_labels(ax, [(r["infer_img_s"], r[key], r["name"]) for r in front + ref],
+                         fontsize=8)  # fmt: skip
+    place_labels(ax, [(r["infer_img_s"], r[key], r["name"]) for r in off], fontsize=6,
+                 color="0.45", avoid=named)  # fmt: skip
+
+
 def plot_pareto(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> Path:
     """Speed vs GMACs (and vs proxy mIoU where measured) with the Pareto fronts drawn."""
     import matplotlib
@@ -143,19 +171,7 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> Pa
     if with_acc:
         panels.append(("miou", "proxy val mIoU", "pareto_speed_accuracy"))
     for ax, (key, label, flag) in zip(axes, panels, strict=True):
-        pts = [r for r in rows if r.get(key) is not None and r.get("infer_img_s")]
-        ax.scatter([r["infer_img_s"] for r in pts], [r[key] for r in pts], c="tab:gray", s=18)
-        front = sorted((r for r in pts if r.get(flag)), key=lambda r: r["infer_img_s"])
-        ax.plot([r["infer_img_s"] for r in front], [r[key] for r in front], "o-", c="tab:red",
-                label="Pareto front")  # fmt: skip
-        for r in pts:
-            if r.get(flag) or r["design"] == "reference":
-                ax.annotate(r["name"], (r["infer_img_s"], r[key]), fontsize=7,
-                            textcoords="offset points", xytext=(3, 3))  # fmt: skip
-        ax.set_xlabel("inference images/s (higher is faster)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
+        _pareto_panel(ax, rows, key, label, flag)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     try:

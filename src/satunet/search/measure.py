@@ -13,8 +13,9 @@ from torch import nn
 from satunet.benchmark import benchmark_models
 from satunet.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from satunet.files import PathLike
+from satunet.runtime import resolve_device
 from satunet.search.space import Candidate
-from satunet.train import train_from_config
+from satunet.train import apply_recipe, train_from_config
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,13 @@ def proxy_accuracy(
     seed: int = 0,
     reference: str | None = None,
     progress: bool = True,
+    budget_min: float | None = None,
 ) -> dict[str, float]:
     """Train each candidate briefly, identically (same data split, crop, epochs, seed, loss).
+
+    With ``budget_min`` every candidate instead trains for that many minutes of training time
+    with the race's fast recipe (``satunet race``: same clock, validation not counted), and
+    its final validation mIoU is the proxy: equal time, not equal epochs.
 
     The validation mIoU after ``epochs`` is a *proxy*: it ranks designs, it is not the accuracy a
     full training reaches. Returns {name: best val mIoU}; fills ``candidate.metrics["miou"]``.
@@ -117,7 +123,11 @@ def proxy_accuracy(
                 seed=seed,
             ),
         )
-        log.info("proxy training %s for %d epoch(s)", short, epochs)
+        if budget_min is not None:
+            cfg.train = apply_recipe(cfg.train, "fast", resolve_device(device))
+            cfg.train.budget_min, cfg.train.val_every = budget_min, 1.0
+        log.info("proxy training %s for %s", short,
+                 f"{budget_min:g} min" if budget_min else f"{epochs} epoch(s)")  # fmt: skip
         summary = train_from_config(cfg, out / "runs" / short, progress=progress)
         best = summary.get("best") or {}
         miou = best.get("miou")  # None when no class was seen in validation

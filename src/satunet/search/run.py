@@ -43,6 +43,7 @@ def search(
     root: PathLike | None = None,
     data_options: Mapping[str, Any] | None = None,
     epochs: int = 1,
+    budget_min: float | None = None,
     crop: int = 256,
     measure_train: bool = False,
     measure_memory: bool = True,
@@ -51,10 +52,8 @@ def search(
 ) -> dict[str, Any]:
     """Propose, measure, optionally proxy-train, and write search.md/json, pareto.png, presets.
 
-    ``budget_ms`` keeps designs whose measured median latency (batch 1) is within it;
-    throughput is measured at ``batch_size``. ``budget_gmacs`` filters before measuring. With
-    ``data`` and ``root``, every kept design (and the reference) is trained ``epochs`` epochs
-    for a proxy mIoU.
+    ``budget_ms`` / ``budget_gmacs``: median latency (batch 1) / GMACs limits. With ``data`` and
+    ``root`` kept designs train ``epochs`` epochs, or ``budget_min`` minutes, for a proxy mIoU.
     """
     if budget_ms is None and budget_gmacs is None:
         raise ConfigError("give a budget: --budget-ms X (measured latency) or --budget-gmacs G")
@@ -75,33 +74,54 @@ def search(
         min_time_s=min_time_s, progress=progress,
     )  # fmt: skip
     reference_row = next((r for r in rows if r["name"] == reference), None)
-    if budget_ms is not None:
+    if (measured := list(candidates)) and budget_ms is not None:
         kept = within_budget(candidates, budget_ms)
         log.info("%d of %d candidate(s) within %.1f ms", len(kept), len(candidates), budget_ms)
         candidates = kept
-    presets_file = out / "candidates.toml"
-    if candidates:
-        save_presets(presets_file, {c.name: c.preset for c in candidates})
+    presets_file = out / "candidates.toml"  # every measured design, over-budget ones marked
+    save_candidates(presets_file, measured, {c.name for c in candidates}, budget_ms)
     if data is not None and candidates:
         proxy = dict(data=data, root=root, data_options=data_options, epochs=epochs, out=out,
-                     crop=crop, device=device, seed=seed, progress=progress)  # fmt: skip
+                     crop=crop, device=device, seed=seed, progress=progress,
+                     budget_min=budget_min)  # fmt: skip
         reference_row = _proxy_train(candidates, presets_file, reference, reference_row, proxy)
     peak = measure_peak_conv_gflops(dev, precision, min_time_s=min(0.2, min_time_s))
     log.info("peak 3x3-conv throughput on %s %s: %.0f GFLOP/s", dev, precision, peak)
     records = summarize(candidates, reference_row, peak)
     save_pareto_presets(out / "pareto_presets.toml", candidates, records)
     settings = {
-        "trials": trials, "budget_ms": budget_ms, "budget_gmacs": budget_gmacs, "size": size,
+        "trials": trials, "budget_ms": budget_ms, "budget_gmacs": budget_gmacs,
+        "budget_gmacs_at": 512, "measured": len(measured), "size": size,
         "num_classes": num_classes, "device": dev, "precision": precision,
         "channels_last": channels_last, "batch_size": batch_size, "rounds": rounds,
         "reference": reference, "seed": seed, "data": data,
         "root": None if root is None else str(root), "epochs": epochs, "crop": crop,
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "budget_min": budget_min, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "peak_conv_gflops": round(peak, 1),
     }  # fmt: skip
     result = {"settings": settings, "candidates": records}
     write_result(out, result, len(candidates))
     return result
+
+
+def save_candidates(
+    path: Path, measured: Sequence[Candidate], kept: set[str], budget_ms: float | None
+) -> None:
+    """candidates.toml: every measured design; each description says whether it is within
+    the latency budget (over-budget ones stay buildable, but are not proxy-trained or ranked)."""
+    presets = {}
+    for c in measured:
+        latency = c.metrics.get("latency_ms_p50")
+        where = f"latency {latency:.1f} ms" if latency is not None else "latency not measured"
+        if budget_ms is None:
+            note = f"within budget: {c.gmacs_512:.2f} GMACs at 512x512"
+        elif c.name in kept:
+            note = f"within budget: {where} <= {budget_ms:g} ms"
+        else:
+            note = f"OVER BUDGET: {where} > {budget_ms:g} ms"
+        presets[c.name] = Preset(c.preset.levels, c.preset.options, f"satunet search, {note}")
+    if presets:
+        save_presets(path, presets)
 
 
 def _proxy_train(
@@ -140,7 +160,11 @@ def save_pareto_presets(
 def write_result(out: Path, result: Mapping[str, Any], designs: int) -> None:
     """search.json, search.md and pareto.png into ``out`` (each written atomically)."""
     s = result["settings"]
-    budget = f"{s['budget_ms']} ms" if s["budget_ms"] is not None else f"{s['budget_gmacs']} GMACs"
+    budget = (
+        f"{s['budget_ms']} ms"
+        if s["budget_ms"] is not None
+        else f"{s['budget_gmacs']} GMACs at 512x512"
+    )
     title = (
         f"satunet search: {designs} design(s), {s['size']}x{s['size']}, {s['device']} "
         f"{s['precision']}, batch {s['batch_size']}, budget {budget}"

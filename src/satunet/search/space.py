@@ -41,8 +41,9 @@ class Candidate:
 
     name: str
     preset: Preset
-    gmacs: float = math.nan
+    gmacs: float = math.nan  # at the search's --size (what is measured)
     params: int = 0
+    gmacs_512: float = math.nan  # at 512x512, what --budget-gmacs applies to
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def build(self, num_classes: int, in_channels: int = 3) -> nn.Module:
@@ -79,6 +80,7 @@ def propose(
     size: int = 512,
     num_classes: int = 5,
     budget_gmacs: float | None = None,
+    budget_size: int = 512,
     seed: int = 0,
     seeds: Sequence[str] = SEEDS,
     space: Mapping[str, Sequence[Any]] | None = None,
@@ -86,7 +88,8 @@ def propose(
 ) -> list[Candidate]:
     """``trials`` distinct candidates: the built-in ``seeds`` first, then random designs.
 
-    GMACs are counted on the meta device (free), so designs over ``budget_gmacs`` and designs
+    GMACs are counted on the meta device (free), so designs over ``budget_gmacs`` (GMACs at
+    ``budget_size`` x ``budget_size``, 512 as documented, whatever ``size`` is) and designs
     whose size multiple does not divide ``size`` are dropped before anything is measured.
     """
     if trials < 1:
@@ -103,10 +106,12 @@ def propose(
             return
         seen.add(key)
         gmacs, params = _facts(preset, size, num_classes)
-        if budget_gmacs is not None and gmacs > budget_gmacs:
-            log.debug("skip %s: %.2f GMACs > budget %.2f", name, gmacs, budget_gmacs)
+        at_budget = gmacs if size == budget_size else _facts(preset, budget_size, num_classes)[0]
+        if budget_gmacs is not None and at_budget > budget_gmacs:
+            log.debug("skip %s: %.2f GMACs at %d > budget %.2f", name, at_budget, budget_size,
+                      budget_gmacs)  # fmt: skip
             return
-        out.append(Candidate(name, preset, round(gmacs, 6), params))
+        out.append(Candidate(name, preset, round(gmacs, 6), params, round(at_budget, 6)))
 
     for name in seeds:
         if len(out) < trials:
@@ -117,7 +122,8 @@ def propose(
         consider(f"cand_s{seed}_{draws:03d}", sample_design(rng, space))  # unique per seed
     if not out:
         raise ConfigError(
-            f"no design of the search space fits --budget-gmacs {budget_gmacs} at {size}x{size}; "
-            "raise the budget or lower --size"
+            f"no design of the search space fits --budget-gmacs {budget_gmacs} (GMACs at "
+            f"{budget_size}x{budget_size}) with a size multiple dividing --size {size}; raise "
+            "the budget"
         )
     return out
