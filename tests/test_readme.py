@@ -19,15 +19,7 @@ NEEDS = re.compile(r"^\s*#\s*needs:\s*(.+)$", re.MULTILINE)
 
 # Blocks that need a `# needs:` marker or a rewrite the README does not have yet, keyed by a
 # line they contain. Remove an entry once README.md is corrected (the block then runs here).
-PENDING: dict[str, str] = {
-    'benchmark_models(["unet_skinny", "unet_base"]': "minutes of benchmarking: mark "
-    "'# needs: minutes' or shrink it (size=64, rounds=1, measure_memory=False)",
-    "my_presets.toml:my_fast_unet": "needs my_presets.toml: save the preset first",
-    'LoveDA("data/loveda"': "needs data/loveda and my_tiles: mark '# needs: data/loveda'",
-    "configs/loveda_skinny.toml": "needs data/loveda: mark '# needs: data/loveda'",
-    "value = loss(logits, mask)": "logits, mask undefined and class_weights=[...]",
-    "for image, mask in loader:": "loader/model undefined; satunet batches are dicts",
-}
+PENDING: dict[str, str] = {}  # snippet text -> why it is skipped until the README is fixed
 
 
 def python_blocks(text: str) -> list[tuple[int, str]]:
