@@ -19,15 +19,26 @@ from fakes import make_loveda
 from satunet.checkpoint import load_checkpoint, read_checkpoint
 from satunet.cli import main
 from satunet.config import TrainConfig, load_config
-from satunet.errors import CheckpointError, ConfigError, DeviceError, TrainingError
+from satunet.errors import (
+    CheckpointError,
+    ConfigError,
+    DeviceError,
+    TrainingError,
+    UnknownNameError,
+)
 from satunet.losses import create_loss
 from satunet.models import Level, UNet
 from satunet.train import (
+    CachedSamples,
     ModelInfo,
+    apply_recipe,
     check_resume,
+    cpu_has_bf16,
     fit,
+    fit_budget,
     make_loaders,
     resolve_device,
+    scheduled_lr,
     split_by_group,
     train_epoch,
 )
@@ -537,3 +548,94 @@ def test_checkpoints_record_the_datasets_pixel_scale():
     kwargs = checkpoint_kwargs(info)
     assert kwargs["scale"] == 10000.0 and kwargs["palette"] == [[0, 0, 0], [255, 255, 0]]
     assert kwargs["model_name"] == "unet_skinny" and "model_spec" not in kwargs
+
+
+# --------------------------------------------------------------------------- time budget, recipes
+
+
+def test_fit_budget_stops_at_the_budget_and_validates_on_schedule(presets: Path, tmp_path: Path):
+    torch.manual_seed(0)
+    data = Patterns(n=4, size=16)
+    loader = DataLoader(data, batch_size=2)
+    model = UNet((Level(8, 1), Level(16, 1)), in_channels=3, num_classes=3)
+    cfg = TrainConfig(batch_size=2, lr=3e-2, weight_decay=0, early_stopping=0, budget_min=1 / 60,
+                      val_every=0.25, optimizer="adamw", schedule="cosine", warmup=0.1)  # fmt: skip
+    state = fit_budget(model, loader, loader, loss_fn=create_loss("jaccard+ce", num_classes=3),
+                       info=info(name=f"{presets}:small"), run_dir=tmp_path, config=cfg,
+                       progress=False)  # fmt: skip
+    points = [r for r in state.history if r["scheduled"]]
+    assert len(points) == 4 and len(points) == len(state.history)  # no per-epoch validation
+    elapsed = [r["elapsed_s"] for r in points]
+    assert elapsed == sorted(elapsed) and 1.0 <= elapsed[-1] < 2.0
+    assert all(r["elapsed_s"] >= 0.25 * (i + 1) for i, r in enumerate(points))
+    keys = {"elapsed_s", "steps", "images_seen", "val_miou", "val_iou", "val_time_s", "wall_s"}
+    assert keys <= set(points[0]) and len(points[0]["val_iou"]) == 3
+    assert points[-1]["images_seen"] == 2 * points[-1]["steps"]
+    assert points[-1]["lr"] < 3e-2 / 10  # the cosine ran down over the budget
+    assert points[-1]["val_miou"] >= points[0]["val_miou"] and points[-1]["val_miou"] > 0.5
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    last = read_checkpoint(tmp_path / "last.pt")
+    assert "optimizer" not in last  # budgeted runs do not resume
+    assert (tmp_path / "best.pt").is_file()
+
+
+def test_fit_budget_with_the_study_recipe_validates_every_epoch(presets: Path, tmp_path: Path):
+    data = Patterns(n=4, size=16)
+    loader = DataLoader(data, batch_size=2)
+    model = UNet((Level(4, 1), Level(8, 1)), in_channels=3, num_classes=3)
+    cfg = apply_recipe(TrainConfig(batch_size=2, budget_min=0.5 / 60, val_every=0.5),
+                       "study", torch.device("cpu"))  # fmt: skip
+    assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.loss, cfg.early_stopping) == (
+        "adam", 1e-3, "plateau", "jaccard", 5
+    )  # fmt: skip
+    state = fit_budget(model, loader, loader, loss_fn=create_loss("jaccard", num_classes=3),
+                       info=info(name=f"{presets}:tiny"), run_dir=tmp_path, config=cfg,
+                       progress=False)  # fmt: skip
+    epoch_ends = [r for r in state.history if not r["scheduled"]]
+    assert epoch_ends and all(r["val_loss"] is not None for r in epoch_ends)
+    if not state.stopped_early:
+        assert len([r for r in state.history if r["scheduled"]]) == 2
+
+
+def test_budget_runs_refuse_resume(presets: Path, loveda_root: Path, tmp_path: Path):
+    args = train_args(loveda_root, presets, "--out", str(tmp_path / "run"), "--set",
+                      "train.budget_min=0.005")  # fmt: skip
+    assert main(args) == 0
+    assert (tmp_path / "run" / "scores.json").is_file()
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+
+
+def test_cosine_schedule_warms_up_and_ends_low():
+    cfg = TrainConfig(lr=1e-2, schedule="cosine", warmup=0.1)
+    assert scheduled_lr(cfg, 0.0) == pytest.approx(1e-3)
+    assert scheduled_lr(cfg, 0.1) == pytest.approx(1e-2)
+    assert scheduled_lr(cfg, 1.0) == pytest.approx(1e-4)
+    lrs = [scheduled_lr(cfg, f / 10) for f in range(1, 11)]
+    assert lrs == sorted(lrs, reverse=True)
+
+
+def test_fast_recipe_uses_bf16_only_where_the_cpu_has_it():
+    cfg = apply_recipe(TrainConfig(), "fast", torch.device("cpu"))
+    assert (cfg.optimizer, cfg.schedule, cfg.loss, cfg.recipe) == (
+        "adamw", "cosine", "jaccard+ce", "fast"
+    )  # fmt: skip
+    assert cfg.precision == ("bf16" if cpu_has_bf16() else "fp32")
+    assert apply_recipe(TrainConfig(), "fast", torch.device("cpu"), mixed=False).precision == "fp32"
+    with pytest.raises(UnknownNameError, match="recipe"):
+        apply_recipe(TrainConfig(), "fastest", torch.device("cpu"))
+
+
+def test_cached_samples_are_the_dataset_samples(loveda_root: Path):
+    from satunet.data import create_dataset
+
+    ds = create_dataset("loveda", loveda_root, split="train", scene="rural", tile_size=32)
+    subset = torch.utils.data.Subset(ds, [3, 1, 7])
+    cached = CachedSamples(subset)
+    assert len(cached) == 3
+    for i, j in enumerate([3, 1, 7]):
+        a, b = cached[i], ds[j]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+        assert a["mask"].dtype == torch.int64
+    cached[0]["image"].zero_()  # a caller's change never reaches the cache
+    assert torch.equal(cached[0]["image"], ds[3]["image"])

@@ -41,6 +41,7 @@ from satunet.runtime import (
     synchronize,
     world_size,
 )
+from satunet.train.recipes import check_schedule, make_optimizer, scheduled_lr, set_lr
 from satunet.train.rundir import CurvePlotter, prepare_run_dir, save_epoch
 from satunet.train.state import TrainState, restore, seed_epoch
 
@@ -50,7 +51,7 @@ LR_HINT = "a learning rate too high (try --set train.lr=3e-4 or train.grad_clip=
 
 
 @dataclass
-class _Run:
+class Run:
     """The objects one training run threads through its epochs."""
 
     model: nn.Module
@@ -91,7 +92,7 @@ def fit(
     :func:`satunet.data.splits.make_loaders`).
     """
     cfg = config or TrainConfig()
-    run = _start(model, train_loader, loss_fn, info, Path(run_dir), cfg, progress, run_config)
+    run = start_run(model, train_loader, loss_fn, info, Path(run_dir), cfg, progress, run_config)
     state = TrainState()
     if resume:
         barrier()  # rank 0 may still be finishing a file another rank is about to read
@@ -129,7 +130,7 @@ def fit(
     return state
 
 
-def _start(
+def start_run(
     model: nn.Module,
     train_loader: DataLoader,
     loss_fn: nn.Module,
@@ -138,7 +139,7 @@ def _start(
     cfg: TrainConfig,
     progress: bool,
     run_config: dict[str, Any] | None,
-) -> _Run:
+) -> Run:
     """Check the batch arithmetic, move model and loss to the device, build the optimizer."""
     device = resolve_device(cfg.device, cfg.precision)
     micro, world = train_loader.batch_size or 1, world_size()
@@ -151,12 +152,13 @@ def _start(
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     loss_fn.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    check_schedule(cfg)
+    optimizer = make_optimizer(model.parameters(), cfg)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience
     )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    return _Run(
+    return Run(
         model,
         loss_fn,
         optimizer,
@@ -173,7 +175,7 @@ def _start(
 
 
 def _epoch(
-    run: _Run,
+    run: Run,
     state: TrainState,
     epoch: int,
     train_loader: DataLoader,
@@ -185,6 +187,8 @@ def _epoch(
     seed_epoch(cfg.seed, epoch, rank())
     if hasattr(train_loader.sampler, "set_epoch"):
         train_loader.sampler.set_epoch(epoch)
+    if cfg.schedule == "cosine":  # per epoch here; per step under a time budget
+        set_lr(run.optimizer, scheduled_lr(cfg, (epoch - 1) / cfg.epochs))
     lr = run.optimizer.param_groups[0]["lr"]
     t0 = time.perf_counter()
     train_loss = train_epoch(
@@ -248,7 +252,7 @@ def _epoch(
         )
 
 
-def _save(run: _Run, state: TrainState, is_best: bool, plotter: CurvePlotter) -> None:
+def _save(run: Run, state: TrainState, is_best: bool, plotter: CurvePlotter) -> None:
     """Rank 0: checkpoints, the metrics line and (now and then) curves.png for this epoch."""
     training = {
         "optimizer": run.optimizer.state_dict(),
@@ -267,7 +271,7 @@ def _save(run: _Run, state: TrainState, is_best: bool, plotter: CurvePlotter) ->
     plotter.update(state.history, force=state.epoch == run.cfg.epochs or state.stopped_early)
 
 
-def _update_state(run: _Run, state: TrainState, epoch: int, scores: Scores) -> bool:
+def _update_state(run: Run, state: TrainState, epoch: int, scores: Scores) -> bool:
     """Early-stopping count, LR schedule and best scores after validation; True if best."""
     val_loss = scores.loss if scores.loss is not None else math.nan
     if not math.isfinite(val_loss):
@@ -279,7 +283,8 @@ def _update_state(run: _Run, state: TrainState, epoch: int, scores: Scores) -> b
         state.best_val_loss, state.bad_epochs = val_loss, 0
     else:
         state.bad_epochs += 1
-    run.scheduler.step(val_loss)
+    if run.cfg.schedule == "plateau":
+        run.scheduler.step(val_loss)
     is_best = scores.miou > state.best_miou  # nan (no class seen) never counts as best
     if is_best:
         state.best_miou, state.best_epoch = scores.miou, epoch
@@ -293,7 +298,7 @@ def _update_state(run: _Run, state: TrainState, epoch: int, scores: Scores) -> b
 # --------------------------------------------------------------------------- one epoch
 
 
-def _batches(
+def batches(
     loader: DataLoader, device: torch.device, channels_last: bool
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for batch in loader:
@@ -336,7 +341,7 @@ def _raise_if_bad(checks: list[tuple[torch.Tensor, str]], device: torch.device, 
             raise TrainingError(nonfinite_error(what, *where))
 
 
-def _optimizer_step(
+def optimizer_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -392,7 +397,7 @@ def train_epoch(
         disable=None if progress else True,  # None: hidden when stderr is not a terminal
     )
     with bar:
-        for i, (x, y) in enumerate(_batches(loader, device, cfg.channels_last)):
+        for i, (x, y) in enumerate(batches(loader, device, cfg.channels_last)):
             # Accumulation windows: divide by the micro-steps of *this* window, so the last,
             # partial window of an epoch is averaged correctly too (the study summed).
             start = i - i % accumulation
@@ -404,10 +409,10 @@ def train_epoch(
                 with autocast_context(device, cfg.precision):
                     logits = model(x)
                 loss = loss_fn(logits.float(), y)
-                _check_forward(x, logits, loss, device, where)
+                check_forward(x, logits, loss, device, where)
                 scaler.scale(loss / window).backward()
             if step_now:
-                _optimizer_step(model, optimizer, scaler, cfg, device, where)
+                optimizer_step(model, optimizer, scaler, cfg, device, where)
             loss_sum += loss.item() * len(x)
             seen += len(x)
             bar.update()
@@ -418,7 +423,7 @@ def train_epoch(
     return total / max(count, 1)
 
 
-def _check_forward(
+def check_forward(
     x: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor, device: torch.device, where: tuple
 ) -> None:
     """Stop on NaN/inf input pixels, logits or loss, naming which came first."""

@@ -89,8 +89,15 @@ def checkpoint_kwargs(info: ModelInfo) -> dict[str, Any]:
 
 
 def nonfinite_parameters(model: nn.Module) -> list[str]:
-    """Names of parameters holding NaN or inf (one host sync for the whole model)."""
-    named = list(unwrap(model).named_parameters())
+    """Names of parameters and float buffers holding NaN or inf (one host sync in all).
+
+    Buffers count: with a huge learning rate the weights can stay finite while a BatchNorm
+    ``running_var`` overflows, and that checkpoint predicts garbage.
+    """
+    plain = unwrap(model)
+    named = list(plain.named_parameters()) + [
+        (name, b) for name, b in plain.named_buffers() if b.is_floating_point()
+    ]
     if not named:
         return []
     flags = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).cpu().tolist()

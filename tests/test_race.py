@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from fakes import make_loveda
+from satunet.cli import main
+from satunet.errors import ConfigError
+from satunet.race import race, summarize_race, time_to, verdicts
+
+PRESETS = """
+[presets.tiny]
+levels = [[4, 1], [8, 1]]
+
+[presets.small]
+levels = [[8, 1], [16, 1]]
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def presets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("presets") / "tiny.toml"
+    path.write_text(PRESETS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def loveda_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5 Train/Rural images of 64x64 cut into 32x32 tiles: 20 samples, 5 source images."""
+    root = tmp_path_factory.mktemp("loveda")
+    return make_loveda(root, splits=("train",), scenes=("rural",), n=5, size=64)
+
+
+def test_race_end_to_end_on_generated_data(
+    presets: Path, loveda_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    out = tmp_path / "race"
+    models = f"{presets}:tiny,{presets}:small"
+    code = main([
+        "race", models, "--data", "loveda", "--root", str(loveda_root), "--scene", "rural",
+        "--val-fraction", "0.2", "--budget-min", str(1 / 60), "--seeds", "0,1", "--mixed", "off",
+        "--crop", "16", "--batch-size", "4", "--val-every", "0.25", "--device", "cpu",
+        "--data-option", "tile_size=32", "--out", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    result = json.loads((out / "race.json").read_text())
+    assert set(result) >= {"settings", "models", "reference", "reference_miou", "verdicts", "runs"}
+    assert result["settings"]["validation_counts_in_budget"] is False
+    assert result["settings"]["recipe"] == "fast"
+    for name in (f"{presets}:tiny", f"{presets}:small"):
+        agg = result["models"][name]
+        assert set(agg) >= {"final_miou_mean", "final_miou_std", "best_miou", "per_class_iou",
+                            "steps", "images_seen", "train_img_s", "time_to_reference_s",
+                            "curve"}  # fmt: skip
+        assert len(agg["per_class_iou"]) == 7 and agg["steps"] > 0
+        assert agg["final_miou_std"] is not None  # two seeds
+        # Every 25% of the budget; a slow first step (a loaded machine) may pass two marks.
+        assert 2 <= len(agg["curve"]) <= 4
+    runs = result["runs"]
+    assert [(Path(r["run_dir"]).name) for r in runs] == [
+        "tiny-seed0", "small-seed0", "tiny-seed1", "small-seed1"
+    ]  # fmt: skip
+    for r in runs:
+        assert 1.0 <= r["train_s"] < 3  # stopped at the budget (one step over at most)
+        assert (Path(r["run_dir"]) / "best.pt").is_file()
+        assert (Path(r["run_dir"]) / "metrics.jsonl").is_file()
+    assert (out / "curves.png").stat().st_size > 10_000
+    text = (out / "race.md").read_text()
+    assert "NOT counted in the budget" in text and "| tiny |" in text
+    assert "race.md" in capsys.readouterr().out
+    # A second race into the same folder never overwrites the first one's runs.
+    assert main(["race", models, "--data", "loveda", "--root", str(loveda_root), "--budget-min",
+                 "0.01", "--data-option", "tile_size=32", "--out", str(out)]) == 2  # fmt: skip
+
+
+def test_race_refuses_bad_arguments(loveda_root: Path, tmp_path: Path):
+    with pytest.raises(ConfigError, match="budget"):
+        race(["unet_fast"], data="loveda", root=loveda_root, budget_min=0, out=tmp_path)
+    with pytest.raises(ConfigError, match="reference"):
+        race(["unet_fast"], data="loveda", root=loveda_root, budget_min=1, out=tmp_path,
+             reference="unet_v2")  # fmt: skip
+
+
+def _run(model: str, seed: int, curve: list[tuple[float, float]], img_s: float) -> dict:
+    history = [
+        {"scheduled": True, "elapsed_s": t, "val_miou": m, "val_iou": [m, m], "steps": 10 * i,
+         "images_seen": 80 * i, "train_img_s": img_s, "val_time_s": 1.0}
+        for i, (t, m) in enumerate(curve, 1)
+    ]  # fmt: skip
+    return {"model": model, "seed": seed, "run_dir": f"r/{model}-{seed}", "history": history,
+            "best": {"classes": ["a", "b"]}}  # fmt: skip
+
+
+def test_summary_times_the_reference_and_judges_the_spread():
+    runs = [
+        _run("fast", 0, [(30, 0.20), (60, 0.30)], img_s=20),
+        _run("fast", 1, [(30, 0.25), (60, 0.32)], img_s=20),
+        _run("slow", 0, [(30, 0.10), (60, 0.24)], img_s=5),
+        _run("slow", 1, [(30, 0.12), (60, 0.26)], img_s=5),
+    ]
+    result = summarize_race(runs, ["fast", "slow"], [0, 1])
+    assert result["reference"] == "slow"  # the slowest trainer
+    assert result["reference_miou"] == pytest.approx(0.25)
+    fast, slow = result["models"]["fast"], result["models"]["slow"]
+    assert fast["time_to_reference_s"] == 45  # seed 0 reaches 0.25 at 60 s, seed 1 at 30 s
+    assert fast["reached_reference"] == "2/2"
+    assert slow["reached_reference"] == "1/2"
+    assert fast["time_ratio"] == pytest.approx(45 / 60)  # slow's seed 1 got there at 60 s
+    assert "beyond the seed spread" in result["verdicts"][-1]
+    assert time_to([[10, 0.1], [20, 0.3]], 0.2) == 20 and time_to([[10, 0.1]], 0.2) is None
+
+
+def test_verdicts_say_when_differences_are_within_the_spread():
+    per_model = {
+        "a": {"final_miou_mean": 0.30, "final_miou_std": 0.02},
+        "b": {"final_miou_mean": 0.29, "final_miou_std": 0.02},
+    }
+    assert "WITHIN the seed spread" in verdicts(per_model, 3)[-1]
+    one = {k: dict(v, final_miou_std=None) for k, v in per_model.items()}
+    assert any("not measured" in line for line in verdicts(one, 1))
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_race_on_the_real_loveda_tiles(shared_loveda: Path, tmp_path: Path):
+    """A smaller version of the issue's smoke race: two satunet presets, a few seconds each."""
+    result = race(
+        ["unet_fast", "unet_v2"], data="loveda", root=shared_loveda, scene="rural",
+        val_fraction=0.2, budget_min=0.25, val_every=0.5, crop=128, batch_size=4,
+        out=tmp_path / "race", device="cpu", progress=False,
+    )  # fmt: skip
+    assert result["classes"][0] == "background" and len(result["classes"]) == 7
+    for agg in result["models"].values():
+        assert agg["steps"] > 0 and len(agg["curve"]) == 2
+    assert (tmp_path / "race" / "curves.png").is_file()
