@@ -639,3 +639,44 @@ def test_cached_samples_are_the_dataset_samples(loveda_root: Path):
         assert a["mask"].dtype == torch.int64
     cached[0]["image"].zero_()  # a caller's change never reaches the cache
     assert torch.equal(cached[0]["image"], ds[3]["image"])
+
+
+def test_train_log_tensorboard_writes_the_run_scalars(
+    presets: Path, loveda_root: Path, tmp_path: Path
+):
+    """`satunet train --log tensorboard`: the real event file holds epoch, step and image data."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    args = train_args(loveda_root, presets, "--epochs", "2", "--log", "tensorboard")
+    assert main([*args, "--out", str(run)]) == 0
+    (events,) = (run / "tensorboard").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    miou = acc.Scalars("val/mIoU")
+    assert [e.step for e in miou] == [1, 2]
+    assert [round(e.value, 5) for e in miou] == [round(r["val_miou"], 5) for r in history]
+    assert len(acc.Scalars("step/train_loss")) >= 2 and acc.Scalars("lr")
+    assert any(tag.startswith("val/IoU/") for tag in acc.Tags()["scalars"])
+    assert acc.Tags()["images"] == ["val/predictions"]
+    assert "config/text_summary" in acc.Tags()["tensors"]
+
+
+def test_train_log_mlflow_records_the_run(presets: Path, loveda_root: Path, tmp_path: Path):
+    """`--log mlflow`: a local store in the run folder holds params, metrics and the panel."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    run = tmp_path / "run"
+    args = train_args(loveda_root, presets, "--epochs", "1", "--log", "mlflow")
+    assert main([*args, "--out", str(run)]) == 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlruns' / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "satunet"]
+    (record,) = client.search_runs([experiment.experiment_id])
+    assert record.info.status == "FINISHED"
+    assert record.data.params["train.epochs"] == "1"
+    assert "val/mIoU" in record.data.metrics
+    artifacts = [a.path for a in client.list_artifacts(record.info.run_id, "images")]
+    assert artifacts and any("predictions" in a for a in artifacts)

@@ -90,6 +90,9 @@ class TrainConfig:
     val_every: float = 0.1  # with budget_min: validate every this fraction of the budget
     cache_tiles: bool = False  # decode every tile once and keep it in memory
     split_seed: int | None = None  # seed of the val_fraction carve-out (None: train.seed)
+    # Experiment tracking (optional extras): none, tensorboard or mlflow (`satunet train --log`).
+    log: Literal["none", "tensorboard", "mlflow"] = "none"
+    mlflow_uri: str | None = None  # MLflow tracking URI; None: a SQLite store in RUN_DIR/mlruns
 
 
 @dataclass
@@ -269,8 +272,20 @@ def validate(cfg: RunConfig) -> None:
         )
     if d.crop is not None and d.crop <= 0:
         raise ConfigError(f"data.crop must be > 0 or none, got {d.crop}")
+    _check_recipe_knobs(t)
     if isinstance(d.normalization, dict):
         check_normalization(d.normalization, "data.normalization")
+
+
+def _check_recipe_knobs(t: TrainConfig) -> None:
+    if not 0 <= t.warmup < 1:
+        raise ConfigError(f"train.warmup must be a fraction in [0, 1), got {t.warmup}")
+    if t.budget_min is not None and t.budget_min <= 0:
+        raise ConfigError(f"train.budget_min must be > 0 minutes or none, got {t.budget_min}")
+    if not 0 < t.val_every <= 1:
+        raise ConfigError(f"train.val_every must be a fraction in (0, 1], got {t.val_every}")
+    if t.split_seed is not None and t.split_seed < 0:
+        raise ConfigError(f"train.split_seed must be >= 0 or none, got {t.split_seed}")
 
 
 def check_normalization(values: dict[str, Any], where: str) -> None:

@@ -12,6 +12,7 @@ EXAMPLE = """examples:
       --epochs 2 --crop 128 --batch-size 4 --val-fraction 0.2 --out runs/skinny
   satunet train -c configs/loveda_skinny.toml --set train.lr=3e-4 --out runs/skinny_lr
   satunet train --resume runs/skinny --set train.epochs=80
+  satunet train -c configs/loveda_skinny.toml --log tensorboard --out runs/tb   # tensorboard --logdir runs/tb
   torchrun --nproc_per_node 4 -m satunet train -c configs/loveda_skinny.toml --out runs/ddp
 
 The run directory gets config.toml (resolved), metrics.jsonl (one line per epoch), last.pt
@@ -34,6 +35,7 @@ FLAGS = {
     "device": "train.device",
     "precision": "train.precision",
     "seed": "train.seed",
+    "log": "train.log",
 }
 
 
@@ -82,7 +84,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "model.options.upsample=bilinear",
     )
     p.add_argument("--model", help="registered model (see `satunet models`) or presets.toml:NAME")
-    p.add_argument("--data", choices=("loveda", "landcoverai", "folder"), help="dataset kind")
+    p.add_argument(
+        "--data", metavar="NAME", help="a registered dataset (list them: `satunet data list`)"
+    )
     p.add_argument("--root", metavar="DIR", help="dataset root folder")
     p.add_argument("--scene", help="LoveDA scene: urban, rural or both")
     p.add_argument("--epochs", type=int, help="maximum epochs (default 50)")
@@ -98,6 +102,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", metavar="DEVICE", help=DEVICES_HELP)
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="default fp32")
     p.add_argument("--seed", type=int, help="seed of init, shuffling, augmentation and split")
+    p.add_argument(
+        "--log",
+        choices=("none", "tensorboard", "mlflow"),
+        help="follow the run in TensorBoard or MLflow (extras [tensorboard], [mlflow]); "
+        "--set train.mlflow_uri=URI for a server",
+    )
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("-o", "--out", metavar="RUN_DIR", help="new run directory")
     target.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")

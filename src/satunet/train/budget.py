@@ -34,7 +34,15 @@ from satunet.evaluate import evaluate
 from satunet.files import PathLike, append_json_line, jsonable
 from satunet.metrics import Scores
 from satunet.runtime import autocast_context, rank, synchronize
-from satunet.train.loop import Run, batches, check_forward, optimizer_step, start_run
+from satunet.tracking import NullTracker, Tracker
+from satunet.train.loop import (
+    Run,
+    batches,
+    check_forward,
+    epoch_scalars,
+    optimizer_step,
+    start_run,
+)
 from satunet.train.recipes import scheduled_lr, set_lr
 from satunet.train.rundir import checkpoint_kwargs, prepare_run_dir
 from satunet.train.state import TrainState, seed_epoch
@@ -98,6 +106,7 @@ def fit_budget(
     progress: bool = True,
     run_config: dict[str, Any] | None = None,
     on_progress: Progress | None = None,
+    tracker: Tracker | None = None,
 ) -> TrainState:
     """Train ``model`` for ``config.budget_min`` minutes of training time; returns its state.
 
@@ -110,6 +119,7 @@ def fit_budget(
     if cfg.budget_min is None:
         raise ConfigError("fit_budget needs train.budget_min (minutes of training time)")
     run = start_run(model, train_loader, loss_fn, info, Path(run_dir), cfg, False, run_config)
+    run.tracker = tracker or NullTracker()
     budget_s = cfg.budget_min * 60
     clock = Clock(budget_s, validation_marks(budget_s, cfg.val_every))
     state = TrainState()
@@ -207,6 +217,10 @@ def _validate(
     state.history.append(jsonable(record))
     if rank() == 0:
         append_json_line(run.run_dir / "metrics.jsonl", state.history[-1])
+        scalars = epoch_scalars(record, run.info) | {
+            "perf/train_images_per_s": record["train_img_s"]
+        }
+        run.tracker.log_scalars(scalars, clock.steps)
     if scheduled:
         log.info(
             f"{record['elapsed_s']:7.1f} s  step {clock.steps}  {clock.images} images  "

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
@@ -28,6 +29,7 @@ from satunet.files import PathLike
 from satunet.losses import create_loss
 from satunet.models import create_model
 from satunet.runtime import barrier, init_distributed, rank, resolve_device
+from satunet.tracking import NullTracker, Tracker, create_tracker
 from satunet.train.budget import Progress, fit_budget
 from satunet.train.cache import CachedSamples
 from satunet.train.loop import fit
@@ -83,14 +85,26 @@ def train_from_config(
         info = model_info(data_cfg, base, model)
         if rank() == 0:
             write_run_config(run_dir, cfg)
+        # Created before the first epoch, so a missing tracker package fails in second 1.
+        tracker = (
+            create_tracker(
+                cfg.train.log, run_dir, config=cfg.to_dict(), mlflow_uri=cfg.train.mlflow_uri
+            )
+            if rank() == 0
+            else NullTracker()
+        )
         common = dict(loss_fn=loss_fn, info=info, run_dir=run_dir, config=cfg.train,
-                      progress=progress, run_config=cfg.to_dict())  # fmt: skip
-        if cfg.train.budget_min is not None:
-            state = fit_budget(model, train_loader, val_loader, on_progress=on_progress, **common)
-        else:
-            state = fit(model, train_loader, val_loader, resume=resume, **common)
-        if rank() == 0:
-            finish_run(run_dir, model, val_ds, info, state, device, cfg)
+                      progress=progress, run_config=cfg.to_dict(), tracker=tracker)  # fmt: skip
+        with tracker:
+            if cfg.train.budget_min is not None:
+                state = fit_budget(
+                    model, train_loader, val_loader, on_progress=on_progress, **common
+                )
+            else:
+                state = fit(model, train_loader, val_loader, resume=resume, **common)
+            if rank() == 0:
+                finish_run(run_dir, model, val_ds, info, state, device, cfg)
+                log_panel(tracker, run_dir / "predictions.png", state.best_epoch)
         barrier()
         return _summary(cfg, run_dir, state)
     finally:
@@ -234,6 +248,16 @@ def _summary(
     if finished is not None:
         summary["finished"] = finished
     return summary
+
+
+def log_panel(tracker: Tracker, path: Path, step: int) -> None:
+    """Send the run's prediction panel (predictions.png) to the tracker as an image."""
+    if type(tracker) is NullTracker or not path.is_file():  # trackers subclass the null one
+        return
+    from PIL import Image
+
+    with Image.open(path) as image:
+        tracker.log_image("val/predictions", np.asarray(image.convert("RGB")), step)
 
 
 def load_run_config(run_dir: PathLike) -> RunConfig:

@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from satunet.runtime import (
     synchronize,
     world_size,
 )
+from satunet.tracking import NullTracker, Tracker
 from satunet.train.recipes import check_schedule, make_optimizer, scheduled_lr, set_lr
 from satunet.train.rundir import CurvePlotter, prepare_run_dir, save_epoch
 from satunet.train.state import TrainState, restore, seed_epoch
@@ -66,6 +67,7 @@ class Run:
     run_dir: Path
     run_config: dict[str, Any] | None
     progress: bool
+    tracker: Tracker = field(default_factory=NullTracker)
 
 
 def fit(
@@ -80,6 +82,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     run_config: dict[str, Any] | None = None,
+    tracker: Tracker | None = None,
 ) -> TrainState:
     """Train ``model``, validating and checkpointing every epoch; returns the run's state.
 
@@ -93,6 +96,7 @@ def fit(
     """
     cfg = config or TrainConfig()
     run = start_run(model, train_loader, loss_fn, info, Path(run_dir), cfg, progress, run_config)
+    run.tracker = tracker or NullTracker()
     state = TrainState()
     if resume:
         barrier()  # rank 0 may still be finishing a file another rank is about to read
@@ -203,6 +207,7 @@ def _epoch(
         epoch=epoch,
         run_dir=run.run_dir,
         progress=run.progress and rank() == 0,
+        tracker=run.tracker,
     )
     synchronize(run.device)
     train_time = time.perf_counter() - t0
@@ -236,6 +241,10 @@ def _epoch(
     }
     state.history.append(jsonable(record))
     if rank() == 0:
+        images_s = len(train_loader.dataset) / train_time if train_time > 0 else None
+        run.tracker.log_scalars(
+            epoch_scalars(record, run.info) | {"perf/train_images_per_s": images_s}, epoch
+        )
         _save(run, state, is_best, plotter)
         log.info(
             f"epoch {epoch}/{cfg.epochs}  train_loss {train_loss:.4f}  val_loss "
@@ -296,6 +305,24 @@ def _update_state(run: Run, state: TrainState, epoch: int, scores: Scores) -> bo
 
 
 # --------------------------------------------------------------------------- one epoch
+
+
+def epoch_scalars(record: dict[str, Any], info: ModelInfo) -> dict[str, float | None]:
+    """A metrics.jsonl record as tracker scalars: losses, mIoU, per-class IoU, lr, timings."""
+    scalars = {
+        "train/loss": record.get("train_loss"),
+        "val/loss": record.get("val_loss"),
+        "val/mIoU": record.get("val_miou"),
+        "val/study_mIoU": record.get("val_study_miou"),
+        "val/micro_IoU": record.get("val_micro_iou"),
+        "val/pixel_accuracy": record.get("val_pixel_accuracy"),
+        "lr": record.get("lr"),
+        "perf/epoch_time_s": record.get("epoch_time_s"),
+    }
+    names = info.class_names()
+    for k, value in enumerate(record.get("val_iou") or []):
+        scalars[f"val/IoU/{names[k] if k < len(names) else k}"] = value
+    return scalars
 
 
 def batches(
@@ -383,8 +410,12 @@ def train_epoch(
     epoch: int,
     run_dir: Path,
     progress: bool,
+    tracker: Tracker | None = None,
 ) -> float:
-    """One pass over ``loader``; returns the mean training loss per sample over all processes."""
+    """One pass over ``loader``; returns the mean training loss per sample over all processes.
+
+    ``tracker`` gets the loss and learning rate of every optimizer step (global step count).
+    """
     model.train()
     steps = len(loader)
     loss_sum, seen = 0.0, 0
@@ -413,7 +444,12 @@ def train_epoch(
                 scaler.scale(loss / window).backward()
             if step_now:
                 optimizer_step(model, optimizer, scaler, cfg, device, where)
-            loss_sum += loss.item() * len(x)
+            loss_value = loss.item()
+            if step_now and tracker is not None:
+                lr = optimizer.param_groups[0]["lr"]
+                step = (epoch - 1) * -(-steps // accumulation) + i // accumulation + 1
+                tracker.log_scalars({"step/train_loss": loss_value, "step/lr": lr}, step)
+            loss_sum += loss_value * len(x)
             seen += len(x)
             bar.update()
             bar.set_postfix(
