@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from satunet.cli._flags import add_device, add_precision
+from satunet.cli._flags import add_device, add_precision, positive_int
 
 EXAMPLE = """examples:
   satunet predict runs/skinny/best.pt scene.tif --out predictions/
@@ -17,6 +17,8 @@ EXAMPLE = """examples:
   satunet predict best.pt 'tiles/*.tif' --out pred/ --resume-batch   # skip finished scenes
   torchrun --nproc_per_node 4 -m satunet predict best.pt 'tiles/*.tif' --out pred/
   satunet predict model.onnx scene.tif --out pred/              # ONNX Runtime (satunet export)
+  satunet predict m.int8.onnx ortho.tif --out pred/ --backend openvino --profile  # int8, OpenVINO
+  satunet predict model.onnx ortho.tif --out pred/ --backend openvino --precision bf16
   satunet predict best.pt LoveDA/Test/*/images_png --out sub/ --format loveda-submission
 
 TIFF/GeoTIFF inputs give <stem>.tif class masks with the source's CRS, transform and tiling,
@@ -66,9 +68,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_device(p)
     add_precision(p)
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     p.add_argument(
-        "--onnx", metavar="FILE", help="ONNX file for --backend onnx (default CHECKPOINT.onnx)"
+        "--backend",
+        choices=("torch", "onnx", "openvino"),
+        default="torch",
+        help="torch (eager), onnx (ONNX Runtime) or openvino (pip install 'satunet[openvino]'); "
+        "onnx/openvino take .onnx files, int8 ones from `satunet quantize` (torch)",
+    )
+    p.add_argument(
+        "--onnx",
+        metavar="FILE",
+        help="ONNX file for --backend onnx/openvino with a .pt CHECKPOINT (default CHECKPOINT.onnx)",
+    )
+    p.add_argument(
+        "--streams",
+        type=positive_int,
+        default=None,
+        help="--backend openvino: parallel inference requests (default: 2 on 2+ cores, else 1)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="print where each scene's time goes: read / model / prepare / blend / finish / write",
     )
     p.add_argument("--blend", choices=("cosine", "linear", "none"), default="cosine")
     p.add_argument(
@@ -136,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         predict_scenes,
         with_tta,
     )
-    from satunet.runtime import configure_cpu_threads, resolve_device
+    from satunet.runtime import configure_cpu_threads, resolve_device, usable_cores
 
     if (args.min_area or args.simplify) and not args.vectorize:
         raise ConfigError("--min-area and --simplify shape --vectorize's polygons: add it")
@@ -148,13 +169,18 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device, args.precision)
     if shard.world > 1 and not str(device).startswith("cuda"):
         configure_cpu_threads()  # the cores split over this machine's ranks
-    batch_size = args.batch_size or (8 if str(device).startswith("cuda") else 1)
+    streams = args.streams or min(2, usable_cores())
+    if args.streams and args.backend != "openvino":
+        raise ConfigError("--streams sets OpenVINO's parallel requests: add --backend openvino")
+    default_batch = 8 if str(device).startswith("cuda") else 1
+    batch_size = args.batch_size or (streams if args.backend == "openvino" else default_batch)
     predictor = load_predictor(
         args.checkpoint,
         backend=args.backend,
         device=device,
         precision=args.precision,
         onnx=args.onnx,
+        streams=streams if args.backend == "openvino" else 1,
     )
     batch = predict_scenes(
         with_tta(predictor, args.tta),
@@ -176,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         bands=args.bands,
         polygons=Polygons(args.min_area, args.simplify) if args.vectorize else None,
+        profile=args.profile,
     )
     _print_summary(batch, len(inputs))
     if not batch.ok:
@@ -194,6 +221,20 @@ def _print_result(result) -> None:
         f"{result.input} -> {result.outputs['mask']}{extra}  {result.width}x{result.height} px  "
         f"{result.seconds:.1f} s  {speed}"
     )
+    if result.profile:
+        print(f"  profile: {profile_line(result.profile, result.seconds)}")
+
+
+def profile_line(profile: dict[str, float], seconds: float) -> str:
+    """'read 1.2 s (thread) | model 9.0 s | ...' with the main thread's waits last."""
+    threads = {"read": " (reader thread)", "model": " (model thread)", "write": " (writer thread)"}
+    parts = [
+        f"{stage} {value:.2f} s{threads.get(stage, '')}"
+        for stage, value in profile.items()
+        if not stage.startswith("wait_") and (value or stage != "model")
+    ]
+    waits = ", ".join(f"{k[5:]} {v:.2f} s" for k, v in profile.items() if k.startswith("wait_"))
+    return f"{' | '.join(parts)} | main thread waited for: {waits} (of {seconds:.2f} s)"
 
 
 def _print_summary(batch, total: int) -> None:

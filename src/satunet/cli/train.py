@@ -12,7 +12,7 @@ EXAMPLE = """examples:
       --epochs 2 --crop 128 --batch-size 4 --val-fraction 0.2 --out runs/skinny
   satunet train -c configs/loveda_skinny.toml --set train.lr=3e-4 --out runs/skinny_lr
   satunet train --resume runs/skinny --set train.epochs=80
-  satunet train -c configs/loveda_skinny.toml --log tensorboard --out runs/tb   # tensorboard --logdir runs/tb
+  satunet train -c configs/loveda_skinny.toml --log tensorboard --out runs/tb
   torchrun --nproc_per_node 4 -m satunet train -c configs/loveda_skinny.toml --out runs/ddp
 
 The run directory gets config.toml (resolved), metrics.jsonl (one line per epoch), last.pt

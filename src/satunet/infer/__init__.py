@@ -1,6 +1,8 @@
 """Scene inference at any size: tiled, blended, streamed in row bands; ONNX export and runtime.
 
 - :mod:`satunet.infer.predictors`: a model behind one call (PyTorch or ONNX Runtime)
+- :mod:`satunet.infer.openvino`: the OpenVINO predictor (fp32/bf16, QDQ int8 files, async)
+- :mod:`satunet.infer.loading`: :func:`load_predictor`, one backend by name
 - :mod:`satunet.infer.engine`: the streaming tiling/blending engine and :func:`predict_array`
 - :mod:`satunet.infer.scene`: image files in, masks/probabilities/previews/polygons out
 - :mod:`satunet.infer.gis`: colour tables, class names and no-data for GIS software
@@ -39,6 +41,7 @@ from satunet.infer.loveda import (
     validate_loveda_submission,
     zip_submission,
 )
+from satunet.infer.loading import BACKENDS, load_predictor
 from satunet.infer.onnx import Exporter, Parity, export_onnx, onnx_parity
 from satunet.infer.predictors import (
     ONNX_METADATA_KEY,
@@ -47,7 +50,6 @@ from satunet.infer.predictors import (
     Precision,
     Predictor,
     TorchPredictor,
-    load_predictor,
     read_onnx_info,
 )
 from satunet.infer.scene import (
@@ -63,6 +65,7 @@ from satunet.infer.scene import (
 from satunet.infer.tta import TTA_MODES, TtaMode, TtaPredictor, tta_logits, tta_transforms, with_tta
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_PALETTE",
     "LOVEDA_SIZE",
     "LOVEDA_TEST_IMAGES",

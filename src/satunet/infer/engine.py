@@ -9,19 +9,24 @@ that tile's prediction. Windows smaller than the model's ``size_multiple`` are p
 
 The scene streams in row *bands* (see :func:`satunet.data.tiling.plan_bands`): read the band's
 rows, predict its tiles in batches, blend into a band-sized accumulator, write the rows that no
-later tile touches, shift the rest up. A background thread reads the next band and another
-writes finished rows while the model runs. The blend windows are separable and the tiles form
-a grid, so the summed weights are an outer product of two 1-D sums (no 2-D weight buffer).
-With W the scene width, C input bands (s bytes each), K classes, b the band height (``tile``,
-or ``tile + (n - 1) * (tile - overlap)`` when n tile rows are needed to fill a batch on a narrow
-scene), B the batch size and T the tile, peak memory is about
+later tile touches, shift the rest up. Three things run beside the main thread
+(:mod:`satunet.infer.pipeline`): a reader thread reads *and normalises* the next band (the pixel
+rule once per band, not per overlapping tile), the model runs ``in_flight`` batches ahead (the
+predictor's async ``map`` for OpenVINO, else a model thread), and a writer thread encodes
+finished rows. The main thread only cuts tiles from the band, multiply-adds the logits into the
+accumulator (numpy, in place) and argmaxes finished rows. The blend windows are separable and
+the tiles form a grid, so the summed weights are an outer product of two 1-D sums (no 2-D
+weight buffer). With W the scene width, C input bands, K classes, b the band height (``tile``,
+or ``tile + (n - 1) * (tile - overlap)`` when n tile rows are needed to fill a batch on a
+narrow scene), B the batch size and T the tile, peak memory is about
 
     4*K*b*W                 the accumulator: float32 weighted logits, (K, b, W)
-  + 2*s*C*b*W               raw input rows: the current band and the prefetched one
-  + 4*(K+1)*32*W            one 32-row chunk of finished logits being divided and argmax'ed
-  + 3*(1 + P*K)*32*W        finished uint8 chunks queued for the writer (P = 1 with probabilities)
-  + model(B, T)             activations for one batch of tiles (unet_skinny fp32, B=1, T=512:
-                            ~0.1-0.4 GB)
+  + 3*4*C*b*W               normalised float32 input rows: the band being cut, the next one
+                            (prefetched) and the raw rows of the one being read
+  + 4*(K+1)*32*W            one 32-row chunk of finished rows being argmax'ed
+  + 16*(1 + P*K)*32*W       finished uint8 chunks queued for the writer (P = 1 with probabilities)
+  + (in_flight+1)*model(B, T)  inputs, activations and logits of the batches in flight
+                            (unet_skinny fp32, B=1, T=512: ~0.1-0.4 GB each)
   + 16 MB                   GDAL's block cache (satunet.data.geotiff.GDAL_CACHE_MB)
   + torch, the weights      fixed (import torch alone is ~0.6 GB RSS with a CUDA build)
 
@@ -35,13 +40,9 @@ the model as 0 and marked no-data, so they never spread NaN into their neighbour
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import queue
-import sys
-import threading
-from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Literal
 
 import numpy as np
 import torch
@@ -51,6 +52,14 @@ from satunet.checkpoint import ModelInfo
 from satunet.data.pixels import pad_to_multiple, scale_pixels
 from satunet.data.tiling import BandPlan, BlendKind, blend_ramp, plan_bands
 from satunet.errors import ConfigError, InputSizeError
+from satunet.infer.pipeline import (
+    StageTimes,
+    Writer,
+    predict_ahead,
+    prefetch,
+    release_free_memory,
+    timed,
+)
 from satunet.infer.predictors import Precision, Predictor, TorchPredictor
 
 NODATA = 255  # class value written where the input is no-data
@@ -62,7 +71,9 @@ ReadRows = Callable[[int, int], tuple[np.ndarray, np.ndarray | None]]
 def check_tiling(tile: int, overlap: int, batch_size: int, multiple: int) -> None:
     """Reject tile/overlap/batch values the model cannot run, saying which values work."""
     if tile < multiple or tile % multiple:
-        lo, hi = max(multiple, tile // multiple * multiple), -(-tile // multiple) * multiple
+        # Never suggest a value that is itself refused (--tile 0 once suggested 0).
+        lo = max(multiple, tile // multiple * multiple)
+        hi = max(multiple, -(-tile // multiple) * multiple)
         hint = f"{lo}" if lo == hi else f"{lo} or {hi}"
         raise ConfigError(
             f"--tile {tile} does not fit the model: tiles must be multiples of {multiple} (its "
@@ -93,111 +104,22 @@ def finite_rows(read: ReadRows) -> ReadRows:
     return wrapped
 
 
-@contextlib.contextmanager
-def prefetch(read: ReadRows, spans: list[tuple[int, int]]) -> Iterator[Iterator[Any]]:
-    """Read ``spans`` in a background thread, one ahead of the consumer.
-
-    At most two bands are alive: the one in use and the one being read or waiting. The
-    consumer gives its band back (a permit) when it asks for the next one.
-    """
-    q: queue.Queue = queue.Queue()
-    permits = threading.Semaphore(2)
-    stop = threading.Event()
-
-    def work() -> None:
-        for span in spans:
-            while not permits.acquire(timeout=0.1):
-                if stop.is_set():
-                    return
-            if stop.is_set():
-                return
-            try:
-                q.put(("ok", read(*span)))
-            except BaseException as e:  # noqa: BLE001 - handed to the consumer thread
-                q.put(("error", e))
-                return
-
-    def items() -> Iterator[Any]:
-        for k in range(len(spans)):
-            if k:
-                permits.release()  # the previous band is done with
-            kind, value = q.get()
-            if kind == "error":
-                raise value
-            yield value
-
-    thread = threading.Thread(target=work, name="satunet-read", daemon=True)
-    thread.start()
-    try:
-        yield items()
-    finally:
-        stop.set()
-        thread.join()
-
-
-_malloc_trim: Any = None
-
-
-def release_free_memory() -> None:
-    """Give freed heap memory back to the OS (glibc only; elsewhere a no-op).
-
-    Band-sized arrays are allocated and freed once per band, from two threads; glibc keeps the
-    freed space in per-thread arenas, so without a trim the resident size creeps up with the
-    number of bands, i.e. with the scene height.
-    """
-    global _malloc_trim
-    if _malloc_trim is None:
-        _malloc_trim = False
-        if sys.platform.startswith("linux"):
-            try:
-                _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-            except (OSError, AttributeError):
-                pass
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-class Writer:
-    """Runs write jobs in a background thread, in order; the first error is raised on close."""
-
-    def __init__(self) -> None:
-        self.q: queue.Queue = queue.Queue(maxsize=2)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._work, name="satunet-write", daemon=True)
-        self.thread.start()
-
-    def _work(self) -> None:
-        while (job := self.q.get()) is not None:
-            if self.error is None:
-                try:
-                    job()
-                except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-                    self.error = e
-
-    def submit(self, job: Callable[[], None]) -> None:
-        if self.error is not None:
-            raise self.error
-        self.q.put(job)
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-
 class BlendWeights:
-    """The separable blend windows of a band plan and their running 1-D weight sums."""
+    """The separable blend windows of a band plan and their running 1-D weight sums.
+
+    Windows are float32 (the accumulator's type: one multiply-add per logit, no promotion);
+    the 1-D sums stay float64 and their outer product is rounded once per finished row.
+    """
 
     def __init__(self, plan: BandPlan, overlap: int, blend: BlendKind, rows: int):
         self.plan, self.overlap, self.blend = plan, overlap, blend
         self.first_row, self.last_row = plan.row_origins[0], plan.row_origins[-1]
         self.first_col, self.last_col = plan.col_origins[0], plan.col_origins[-1]
-        self.row = torch.zeros(rows, dtype=torch.float64)
-        self.col = torch.zeros(plan.width, dtype=torch.float64)
+        self.row = np.zeros(rows, dtype=np.float64)
+        self.col = np.zeros(plan.width, dtype=np.float64)
         for c in plan.col_origins:
-            self.col[c : c + plan.tile_width] += torch.from_numpy(self.col_ramp(c))
-        self.windows: dict[tuple[int, int], torch.Tensor] = {}  # keyed by the ramps' kinds
+            self.col[c : c + plan.tile_width] += self.col_ramp(c)
+        self.windows: dict[tuple[int, int], np.ndarray] = {}  # keyed by the ramps' kinds
 
     def row_ramp(self, r: int) -> np.ndarray:
         start, end = r != self.first_row, r != self.last_row
@@ -207,47 +129,123 @@ class BlendWeights:
         start, end = c != self.first_col, c != self.last_col
         return blend_ramp(self.plan.tile_width, self.overlap, self.blend, start=start, end=end)
 
-    def window(self, r: int, c: int) -> torch.Tensor:
+    def window(self, r: int, c: int) -> np.ndarray:
         key = (
             (r != self.first_row) + 2 * (r != self.last_row),
             (c != self.first_col) + 2 * (c != self.last_col),
         )
         if key not in self.windows:
-            self.windows[key] = torch.from_numpy(np.outer(self.row_ramp(r), self.col_ramp(c)))
+            outer = np.outer(self.row_ramp(r), self.col_ramp(c)).astype(np.float32)
+            self.windows[key] = outer
         return self.windows[key]
 
-    def add_band(self, band: list[int]) -> None:
+    def add_band(self, band: Iterable[int]) -> None:
+        band = list(band)
         top, th = band[0], self.plan.tile_height
         for r in band:
-            self.row[r - top : r - top + th] += torch.from_numpy(self.row_ramp(r))
+            self.row[r - top : r - top + th] += self.row_ramp(r)
+
+    def weight(self, r0: int, r1: int) -> np.ndarray:
+        """The summed float32 weights of band rows [r0, r1): (r1 - r0, W)."""
+        return np.outer(self.row[r0:r1], self.col).astype(np.float32)
 
     def shift(self, done: int) -> None:
         keep = self.row.shape[0] - done
-        self.row[:keep] = self.row[done:].clone()
+        self.row[:keep] = self.row[done:].copy()
         self.row[keep:] = 0
 
 
-def predict_band(
-    raw: np.ndarray,
-    band: list[int],
-    acc: torch.Tensor,
-    weights: BlendWeights,
-    predictor: Predictor,
+def scaled_rows(read: ReadRows, info: ModelInfo) -> ReadRows:
+    """``read`` whose rows come back as the model's float32 input (the pixel rule, once per band:
+    overlapping tiles share the work, and it runs in the reader thread)."""
+
+    def wrapped(row0: int, row1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        raw, nodata = read(row0, row1)
+        return scale_pixels(raw, info.scale, info.normalization), nodata
+
+    return wrapped
+
+
+# One batch of one band: (band index, its tiles' origins, the band's no-data mask on its last
+# batch, last batch of the band?).
+BatchTicket = tuple[int, list[tuple[int, int]], np.ndarray | None, bool]
+
+
+def band_batches(
+    plan: BandPlan,
+    inputs: Iterator[tuple[np.ndarray, np.ndarray | None]],
+    info: ModelInfo,
     batch_size: int,
-) -> int:
-    """Predict every tile of one band and add its weighted logits to ``acc``; returns tiles run."""
-    info, plan = predictor.info, weights.plan
-    th, tw, top = plan.tile_height, plan.tile_width, band[0]
-    tiles = [(r, c) for r in band for c in plan.col_origins]
-    for k in range(0, len(tiles), batch_size):
-        batch_tiles = tiles[k : k + batch_size]
-        x = np.stack([raw[:, r - top : r - top + th, c : c + tw] for r, c in batch_tiles])
-        x = scale_pixels(x, info.scale, info.normalization)
-        logits = torch.from_numpy(predictor(pad_to_multiple(x, info.size_multiple)))
-        for (r, c), tile_logits in zip(batch_tiles, logits, strict=True):
-            rows, cols = slice(r - top, r - top + th), slice(c, c + tw)
-            acc[:, rows, cols].add_(tile_logits[:, :th, :tw] * weights.window(r, c))
-    return len(tiles)
+    tickets: deque[BatchTicket],
+    times: StageTimes | None,
+) -> Iterator[np.ndarray]:
+    """The model input of every batch of every band, in order; a ticket per batch says which."""
+    th, tw = plan.tile_height, plan.tile_width
+    for i, (band, (x, nodata)) in enumerate(zip(plan.bands, inputs, strict=True)):
+        top = band[0]
+        tiles = [(r, c) for r in band for c in plan.col_origins]
+        for k in range(0, len(tiles), batch_size):
+            group = tiles[k : k + batch_size]
+            with timed(times, "prepare"):
+                batch = np.stack([x[:, r - top : r - top + th, c : c + tw] for r, c in group])
+                batch = pad_to_multiple(batch, info.size_multiple)
+            last = k + batch_size >= len(tiles)
+            tickets.append((i, group, nodata if last else None, last))
+            yield batch
+        del x, nodata
+
+
+def add_tiles(
+    acc: np.ndarray, logits: np.ndarray, tiles: list[tuple[int, int]], top: int, w: BlendWeights
+) -> None:
+    """Add each tile's weighted logits to the band accumulator (in place, no temporaries)."""
+    th, tw = w.plan.tile_height, w.plan.tile_width
+    logits = np.asarray(logits, dtype=np.float32)
+    if not logits.flags.writeable:
+        logits = logits.copy()
+    for (r, c), tile_logits in zip(tiles, logits, strict=True):
+        part = tile_logits[:, :th, :tw]
+        np.multiply(part, w.window(r, c), out=part)
+        target = acc[:, r - top : r - top + th, c : c + tw]
+        np.add(target, part, out=target)
+
+
+def argmax_classes(logits: np.ndarray) -> np.ndarray:
+    """(K, n, W) logits -> (n, W) uint8 class ids (numpy: single-threaded, no OpenMP spin-up
+    competing with the model's threads; torch's argmax over dim 0 was ~5x slower here)."""
+    return logits.argmax(0).astype(np.uint8)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the class axis of (K, n, W) logits, float32, as a new array."""
+    e = logits - logits.max(0, keepdims=True)
+    np.exp(e, out=e)
+    e /= e.sum(0, keepdims=True)
+    return e
+
+
+def finish_band(
+    i: int,
+    plan: BandPlan,
+    acc: np.ndarray,
+    weights: BlendWeights,
+    nodata: np.ndarray | None,
+    finish: Finish,
+    chunk_rows: int,
+) -> None:
+    """Hand band ``i``'s final rows to ``finish``, then shift the rows still open to the top."""
+    top = plan.bands[i][0]
+    done = plan.finished_until(i) - top
+    for r0 in range(0, done, chunk_rows):
+        r1 = min(done, r0 + chunk_rows)
+        rows = acc[:, r0:r1]
+        np.divide(rows, weights.weight(r0, r1), out=rows)  # final rows: divided in place
+        finish(top + r0, torch.from_numpy(rows), nodata[r0:r1] if nodata is not None else None)
+    # Shift the rows later tiles still add to up to the top (numpy copies overlaps safely).
+    keep = acc.shape[1] - done
+    acc[:, :keep] = acc[:, done:]
+    acc[:, keep:] = 0
+    weights.shift(done)
 
 
 def run_bands(
@@ -261,41 +259,45 @@ def run_bands(
     blend: BlendKind = "cosine",
     progress: bool = False,
     chunk_rows: int = 32,
+    in_flight: int = 2,
+    times: StageTimes | None = None,
 ) -> tuple[int, int, int]:
     """Predict a scene band by band; ``finish(row0, logits, nodata)`` gets final rows in order.
 
     ``logits`` is a float32 (K, n, W) tensor of blended logits for scene rows [row0, row0 + n),
-    at most ``chunk_rows`` rows at a time; ``nodata`` marks no-data input pixels (a mask from
-    ``read``, plus non-finite pixels), or is None. Returns the accumulator's shape (K, b, W).
+    at most ``chunk_rows`` rows at a time, valid only during the call (it is a view of the
+    accumulator); ``nodata`` marks no-data input pixels (a mask from ``read``, plus
+    non-finite pixels), or is None. Up to ``in_flight`` batches are predicted ahead (see
+    :func:`satunet.infer.pipeline.predict_ahead`); ``times`` collects seconds per stage.
+    Returns the accumulator's shape (K, b, W).
     """
     from tqdm.auto import tqdm
 
-    shape = plan.buffer_shape(predictor.info.num_classes)
-    acc = torch.zeros(shape, dtype=torch.float32)
+    info = predictor.info
+    shape = plan.buffer_shape(info.num_classes)
+    acc = np.zeros(shape, dtype=np.float32)
     weights = BlendWeights(plan, overlap, blend, shape[1])
     spans = [(band[0], band[-1] + plan.tile_height) for band in plan.bands]
     total = len(plan.row_origins) * len(plan.col_origins)
     bar = tqdm(total=total, unit="tile", disable=None if progress else True, leave=False)
-    with prefetch(finite_rows(read), spans) as inputs, bar:
-        for i, (band, raw_and_mask) in enumerate(zip(plan.bands, inputs, strict=True)):
-            raw, nodata = raw_and_mask
-            top = band[0]
-            weights.add_band(band)
-            bar.update(predict_band(raw, band, acc, weights, predictor, batch_size))
-            done = plan.finished_until(i) - top
-            for r0 in range(0, done, chunk_rows):
-                r1 = min(done, r0 + chunk_rows)
-                weight = torch.outer(weights.row[r0:r1], weights.col).float()
-                mask = nodata[r0:r1] if nodata is not None else None
-                finish(top + r0, acc[:, r0:r1] / weight, mask)
-            # Shift the rows later tiles still add to up to the top; zero the rest.
-            keep = shape[1] - done
-            # (the usual case done >= keep does not overlap: copy without a temporary)
-            acc[:, :keep] = acc[:, done:] if done >= keep else acc[:, done:].clone()
-            acc[:, keep:] = 0
-            weights.shift(done)
-            del raw, nodata, raw_and_mask
-            release_free_memory()
+    tickets: deque[BatchTicket] = deque()
+    current = -1
+    with prefetch(scaled_rows(finite_rows(read), info), spans, times) as inputs, bar:
+        batches = band_batches(plan, inputs, info, batch_size, tickets, times)
+        for logits in predict_ahead(predictor, batches, max(1, in_flight), times):
+            i, tiles, nodata, last = tickets.popleft()
+            if i != current:  # the band's first batch: its rows' weights join the sums
+                weights.add_band(plan.bands[i])
+                current = i
+            with timed(times, "blend"):
+                add_tiles(acc, logits, tiles, plan.bands[i][0], weights)
+            bar.update(len(tiles))
+            del logits
+            if last:
+                with timed(times, "finish"):
+                    finish_band(i, plan, acc, weights, nodata, finish, chunk_rows)
+                del nodata
+                release_free_memory()
     return shape
 
 
@@ -348,9 +350,9 @@ def predict_array(
     def finish(row0: int, logits: torch.Tensor, nodata: np.ndarray | None) -> None:
         rows = slice(row0, row0 + logits.shape[1])
         if classes:
-            result[rows] = logits.argmax(0).numpy()
+            result[rows] = argmax_classes(logits.numpy())
         elif output == "probabilities":
-            result[:, rows] = logits.softmax(0).numpy()
+            result[:, rows] = softmax(logits.numpy())
         else:
             result[:, rows] = logits.numpy()
         if nodata is not None:

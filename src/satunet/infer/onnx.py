@@ -59,10 +59,34 @@ def trace_to_onnx(
             torch.onnx.export(
                 model, (x,), target, input_names=["x"], output_names=["logits"],
                 dynamic_axes={"x": axes, "logits": axes}, dynamo=False,
-                opset_version=min(opset, 17),
+                opset_version=opset,
             )  # fmt: skip
     else:
         raise ConfigError(f"unknown exporter {exporter!r}: use 'dynamo' or 'torchscript'")
+
+
+# Opsets each exporter writes as asked: dynamo implements 18 and up (it would convert a lower
+# request, often failing, and silently write 18); the legacy exporter is kept at 17 and below.
+TORCHSCRIPT_OPSETS = range(9, 18)
+
+
+def check_opset(exporter: str, opset: int) -> None:
+    """Refuse an opset the exporter would not write (no flag is silently ignored)."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    allowed = TORCHSCRIPT_OPSETS if exporter == "torchscript" else range(18, newest + 1)
+    if opset not in allowed:
+        other = (
+            f"; --exporter torchscript writes {TORCHSCRIPT_OPSETS.start}.."
+            f"{TORCHSCRIPT_OPSETS.stop - 1}"
+            if exporter != "torchscript"
+            else f"; the dynamo exporter writes 18..{newest}"
+        )
+        raise ConfigError(
+            f"--opset {opset} cannot be written by the {exporter} exporter: use "
+            f"{allowed.start}..{allowed.stop - 1}{other}"
+        )
 
 
 def export_onnx(
@@ -72,7 +96,7 @@ def export_onnx(
     *,
     size: int | None = None,
     exporter: Exporter = "dynamo",
-    opset: int = 18,
+    opset: int | None = None,
 ) -> Path:
     """Export ``model`` to ONNX with dynamic batch, height and width; written atomically.
 
@@ -85,6 +109,9 @@ def export_onnx(
     import onnx
 
     path = check_output_file(path, what="ONNX file")
+    if opset is None:  # each exporter's default
+        opset = TORCHSCRIPT_OPSETS.stop - 1 if exporter == "torchscript" else 18
+    check_opset(exporter, opset)
     multiple = info.size_multiple
     size = size or max(2 * multiple, -(-64 // multiple) * multiple)
     if size < 1 or size % multiple:

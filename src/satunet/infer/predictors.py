@@ -1,4 +1,7 @@
-"""Predictors: a model (PyTorch or ONNX Runtime) behind one call, float32 batches in, logits out."""
+"""Predictors: a model (PyTorch or ONNX Runtime) behind one call, float32 batches in, logits out.
+
+The OpenVINO predictor is in :mod:`satunet.infer.openvino`; :mod:`satunet.infer.loading` picks one.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from satunet.checkpoint import ModelInfo, load_checkpoint, read_checkpoint
-from satunet.errors import CheckpointError, ConfigError, DeviceError, SatunetError
+from satunet.checkpoint import ModelInfo
+from satunet.errors import CheckpointError, DeviceError, SatunetError
 from satunet.files import PathLike
 from satunet.runtime import Precision, inference_context, resolve_device, to_input
 from satunet.speed import prepare_for_inference
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["torch", "onnx"]
+Backend = Literal["torch", "onnx", "openvino"]
 ONNX_METADATA_KEY = "satunet"
 
 
@@ -162,50 +165,3 @@ def read_onnx_info(path: PathLike) -> ModelInfo:
         raise CheckpointError(
             f"{path} has unreadable satunet metadata ({e}); re-export it with satunet export"
         ) from e
-
-
-def load_predictor(
-    checkpoint: PathLike,
-    *,
-    backend: Backend = "torch",
-    device: str | torch.device = "cpu",
-    precision: Precision = "fp32",
-    onnx: PathLike | None = None,
-) -> Predictor:
-    """A predictor from a satunet checkpoint (.pt) or an ONNX file made by ``export_onnx``.
-
-    ``device`` is auto, cpu, cuda or cuda:N. With ``backend="onnx"`` and a .pt checkpoint,
-    ``onnx`` names the exported file (default: the checkpoint path with suffix .onnx); its
-    embedded metadata must match the checkpoint.
-    """
-    checkpoint = Path(checkpoint)
-    if checkpoint.suffix.lower() == ".onnx":
-        backend, onnx = "onnx", checkpoint
-    if backend == "onnx":
-        if precision != "fp32":
-            raise ConfigError("--backend onnx runs the exported fp32 graph: use --precision fp32")
-        onnx_path = Path(onnx) if onnx is not None else checkpoint.with_suffix(".onnx")
-        predictor = OnnxPredictor(onnx_path, device=device)
-        if onnx_path != checkpoint:
-            check_onnx_matches(predictor.info, onnx_path, checkpoint)
-        return predictor
-    if backend != "torch":
-        raise ConfigError(f"unknown backend {backend!r}: use 'torch' or 'onnx'")
-    dev = resolve_device(device, precision)
-    model, state = load_checkpoint(checkpoint)
-    info = ModelInfo.from_checkpoint(state, model)
-    return TorchPredictor(
-        model, info=info, device=dev, precision=precision, channels_last=True, fold_bn=True
-    )
-
-
-def check_onnx_matches(info: ModelInfo, onnx_path: Path, checkpoint: Path) -> None:
-    """Refuse an ONNX file exported from another model than ``checkpoint``."""
-    state = read_checkpoint(checkpoint)
-    for key in ("model", "in_channels", "num_classes"):
-        ours = getattr(info, "name" if key == "model" else key)
-        if ours != state[key]:
-            raise CheckpointError(
-                f"{onnx_path} was exported from another model ({key} {ours!r}, "
-                f"checkpoint {checkpoint} has {state[key]!r}); re-run satunet export"
-            )

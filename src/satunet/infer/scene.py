@@ -31,9 +31,10 @@ from satunet.data.tiling import BlendKind, plan_bands
 from satunet.data.vectorize import vectorize_classes
 from satunet.errors import ConfigError, InputSizeError, OutputError
 from satunet.files import PathLike
-from satunet.infer.engine import NODATA, Writer, check_tiling, run_bands
+from satunet.infer.engine import NODATA, argmax_classes, check_tiling, run_bands, softmax
 from satunet.infer.gis import PROBABILITY_MAX, class_style, probability_style
 from satunet.infer.loveda import check_submission_input, submission_classes
+from satunet.infer.pipeline import StageTimes, Writer
 from satunet.infer.predictors import Predictor
 from satunet.report import plot_scene_preview
 
@@ -55,6 +56,7 @@ class SceneResult:
     buffer_shape: tuple[int, int, int]  # the accumulator: (K, band rows, width), never H-sized
     area_km2: float | None = None  # ground area, for a projected CRS
     nodata_pixels: int = 0
+    profile: dict[str, float] | None = None  # seconds per stage (predict_scene(profile=True))
 
     @property
     def megapixels_per_s(self) -> float:
@@ -155,19 +157,24 @@ class SceneSink:
         selected: list[int] | None,
         probabilities: bool,
         preview: Preview | None,
+        times: StageTimes | None = None,
     ):
         self.writers, self.selected = writers, selected
         self.probabilities, self.preview = probabilities, preview
-        self.writer = Writer()
+        self.times = times
+        self.writer = Writer(times)
         self.nodata_count = 0
         self.outputs: dict[str, Path] = {}
 
     def __call__(self, row0: int, logits: torch.Tensor, nodata: np.ndarray | None) -> None:
-        scores = logits[self.selected] if self.selected is not None else logits
-        classes = scores.argmax(0).to(torch.uint8).numpy()
+        values = logits.numpy()
+        classes = argmax_classes(values[self.selected] if self.selected is not None else values)
         probs = None
         if self.probabilities:
-            probs = (logits.softmax(0) * PROBABILITY_MAX + 0.5).to(torch.uint8).numpy()
+            probs = softmax(values)
+            probs *= PROBABILITY_MAX
+            probs += 0.5
+            probs = probs.astype(np.uint8)
         if nodata is not None:
             classes[nodata] = NODATA
             self.nodata_count += int(nodata.sum())
@@ -236,6 +243,8 @@ def predict_scene(
     progress: bool = False,
     bands: Sequence[int] | None = None,
     polygons: Polygons | None = None,
+    in_flight: int = 2,
+    profile: bool = False,
 ) -> SceneResult:
     """Predict one image file of any size into ``out_dir``, streaming in row bands.
 
@@ -248,7 +257,9 @@ def predict_scene(
     (1-based) selects the input bands; by default the checkpoint's (``info.bands``). In
     ``loveda-submission`` format it writes ``<id>.png`` with values 0..6. Files appear under
     their final names only when complete. Refuses an ``out_dir`` where an output would
-    replace ``input``.
+    replace ``input``. ``in_flight`` batches are predicted ahead while the last ones are
+    blended; ``profile`` records seconds per stage in ``SceneResult.profile`` (see
+    :class:`satunet.infer.pipeline.StageTimes`).
     """
     info = predictor.info
     check_tiling(tile, overlap, batch_size, info.size_multiple)
@@ -264,7 +275,9 @@ def predict_scene(
         scene = reader.info
         check_scene(scene, info, submission)
         thumb = Preview(scene.height, scene.width) if preview else None
-        sink = SceneSink({}, submission_classes(info) if submission else None, probabilities, thumb)
+        times = StageTimes() if profile else None
+        selected_classes = submission_classes(info) if submission else None
+        sink = SceneSink({}, selected_classes, probabilities, thumb, times)
         shape = _write_scene(
             reader,
             paths,
@@ -276,6 +289,7 @@ def predict_scene(
             blend=blend,
             cog=cog,
             progress=progress,
+            in_flight=in_flight,
         )
         outputs = sink.outputs
         if thumb is not None:
@@ -292,6 +306,7 @@ def predict_scene(
         buffer_shape=shape,
         area_km2=None if area is None else area * scene.height * scene.width,
         nodata_pixels=sink.nodata_count,
+        profile=times.summary() if times is not None else None,
     )
 
 
@@ -307,6 +322,7 @@ def _write_scene(
     blend: BlendKind,
     cog: bool,
     progress: bool,
+    in_flight: int = 2,
 ) -> tuple[int, int, int]:
     """Stream the scene through the engine into its writers; commit them, or abort on error."""
     info, scene = predictor.info, reader.info
@@ -329,7 +345,8 @@ def _write_scene(
         try:
             shape = run_bands(
                 reader.read_rows, plan, predictor, sink, overlap=overlap,
-                batch_size=batch_size, blend=blend, progress=progress,
+                batch_size=batch_size, blend=blend, progress=progress, in_flight=in_flight,
+                times=sink.times,
             )  # fmt: skip
         finally:
             sink.writer.close()
