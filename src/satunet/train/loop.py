@@ -125,7 +125,7 @@ def fit(
         f"{train_loader.batch_size or 1} x {run.accumulation} step(s) x {world_size()} "
         f"process(es), {cfg.precision}"
     )
-    plotter = CurvePlotter(run.run_dir / "curves.png")
+    plotter = CurvePlotter(run.run_dir / "curves.png", loss_name=cfg.loss)
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         # Checked against the current setting, so a resume may extend a stopped run.
         if state.finished(cfg):

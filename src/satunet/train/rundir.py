@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from satunet.checkpoint import ModelInfo, read_checkpoint, save_checkpoint, unwrap
 from satunet.config import RunConfig, dump_toml
@@ -144,12 +144,12 @@ def save_epoch(
 class CurvePlotter:
     """Redraws curves.png from the history, at most every PLOT_EVERY_S seconds or when told."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.last = path, -float("inf")
+    def __init__(self, path: Path, loss_name: str | None = None) -> None:
+        self.path, self.loss_name, self.last = path, loss_name, -float("inf")
 
     def update(self, history: list[dict[str, Any]], *, force: bool = False) -> None:
         if force or time.monotonic() - self.last > PLOT_EVERY_S:
-            plot_curves(history, self.path)
+            plot_curves(history, self.path, loss_name=self.loss_name)
             self.last = time.monotonic()
 
 
@@ -191,6 +191,7 @@ def finish_run(
         palette=info.palette,
         normalization=info.normalization,
         ignore_index=info.ignore_index,
+        ids=tile_ids(val_ds, len(images)),
     )
     log.info(
         "best epoch %d: val mIoU %.4f (study metric %.4f); wrote %s",
@@ -199,3 +200,20 @@ def finish_run(
         scores.study_miou,
         run_dir,
     )
+
+
+def tile_ids(dataset: Dataset, count: int) -> list[str]:
+    """Names of the first ``count`` samples: source image stem and tile corner (row, col)."""
+    indices = list(range(count))
+    while isinstance(dataset, Subset):  # val carve-outs are Subsets of the dataset
+        indices = [dataset.indices[i] for i in indices]
+        dataset = dataset.dataset
+    records = getattr(dataset, "records", None)
+    if records is None:
+        return [f"sample {i}" for i in range(count)]
+    names = []
+    for i in indices:
+        record = records[i]
+        window = f" @ {record.window.row},{record.window.col}" if record.window else ""
+        names.append(f"{Path(record.image).stem}{window}")
+    return names
