@@ -228,8 +228,9 @@ def _data_setting(
         raise ConfigError(f"give the dataset root (--root); {checkpoint} does not record one")
     if val_fraction is None:
         val_fraction = trained.val_fraction if same_data and split == trained.val_split else 0.0
-    if seed is None:
-        seed = cfg.train.seed if cfg is not None else 0
+    if seed is None:  # the carve-out's own seed (race runs share one) else the run's seed
+        split_seed = getattr(cfg.train, "split_seed", None) if cfg is not None else None
+        seed = split_seed if split_seed is not None else (cfg.train.seed if cfg is not None else 0)
     return d, val_fraction, seed
 
 

@@ -62,6 +62,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset name for proxy accuracy (e.g. loveda)")
     p.add_argument("--root", help="dataset root for proxy accuracy")
     p.add_argument("--epochs", type=int, default=1, help="proxy training epochs (1)")
+    p.add_argument(
+        "--budget-min",
+        type=float,
+        metavar="M",
+        help="train each kept design for M minutes of training time with the race's fast "
+        "recipe instead of --epochs (a fair, time-to-accuracy proxy)",
+    )
     p.add_argument("--crop", type=int, default=256, help="proxy training crop (256)")
     p.add_argument("--save-presets", help="also add the Pareto designs to this .toml/.json file")
     p.set_defaults(run=run)
@@ -76,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.trials < 1 or args.size < 32 or args.rounds < 1 or args.batch_size < 1:
         raise ConfigError("--trials, --rounds and --batch-size must be >= 1 and --size >= 32")
+    if args.budget_min is not None and not args.budget_min > 0:
+        raise ConfigError(f"--budget-min must be > 0 minutes, got {args.budget_min}")
     if args.epochs < 1 or args.crop < 32:
         raise ConfigError("--epochs must be >= 1 and --crop >= 32")
     for flag, value in (("--budget-ms", args.budget_ms), ("--budget-gmacs", args.budget_gmacs)):
@@ -108,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         root=args.root,
         epochs=args.epochs,
+        budget_min=args.budget_min,
         crop=args.crop,
         progress=progress,
     )
