@@ -242,9 +242,8 @@ def _epoch(
     state.history.append(jsonable(record))
     if rank() == 0:
         images_s = len(train_loader.dataset) / train_time if train_time > 0 else None
-        run.tracker.log_scalars(
-            epoch_scalars(record, run.info) | {"perf/train_images_per_s": images_s}, epoch
-        )
+        scalars = epoch_scalars(record, run.info) | {"perf/train_images_per_s": images_s}
+        run.tracker.log_scalars(scalars, epoch)
         _save(run, state, is_best, plotter)
         log.info(
             f"epoch {epoch}/{cfg.epochs}  train_loss {train_loss:.4f}  val_loss "
