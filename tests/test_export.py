@@ -166,3 +166,53 @@ def test_onnx_matches_torch_on_real_loveda_crops(shared_loveda: Path, tmp_path: 
 @pytest.mark.shared_data
 def test_onnx_matches_torch_on_real_loveda_images(shared_loveda: Path, tmp_path: Path) -> None:
     assert _loveda_parity(shared_loveda, tmp_path, crop=None, images=2, exporter="dynamo") >= 0.999
+
+
+# ----------------------------------------------------------------------------- QGIS Deepness
+
+
+def test_cli_deepness_export_writes_the_plugins_file(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import onnxruntime as ort
+
+    # The checkpoint's training resolution (m/px, ModelInfo.resolution) is the default.
+    model, state = load_checkpoint(checkpoint)
+    info = ModelInfo.from_checkpoint(state, model)
+    assert info.resolution is None
+    trained = tmp_path / "trained.pt"
+    save_checkpoint(trained, model, info.replace(resolution=0.3))
+    assert ModelInfo.from_checkpoint(load_checkpoint(trained)[1]).resolution == 0.3
+    out = tmp_path / "deepness.onnx"
+    assert main(["export", str(trained), "--onnx", str(out), "--deepness", "--tile", "64"]) == 0
+    assert "Deepness Segmentor, 64 px tiles, 12% overlap, 30 cm/px" in capsys.readouterr().out
+    graph = onnx.load(str(out))
+    assert graph.ir_version <= 9
+    meta = {p.key: json.loads(p.value) for p in graph.metadata_props}
+    keys = {"model_type", "class_names", "resolution", "tile_size", "tiles_size", "tiles_overlap",
+            "standardization_mean", "standardization_std"}  # fmt: skip
+    assert set(meta) >= keys
+    assert meta["model_type"] == "Segmentor" and meta["resolution"] == 30
+    assert meta["class_names"] == {"0": "field", "1": "forest", "2": "water"}
+    assert meta["tile_size"] == meta["tiles_size"] == 64 and meta["tiles_overlap"] == 12
+    assert meta["standardization_mean"] == pytest.approx([0.4, 0.4, 0.3])
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    probs = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    # --resolution overrides; a checkpoint without one must be given it; no ignored flags.
+    other = tmp_path / "other.onnx"
+    assert main(["export", str(checkpoint), "--onnx", str(other), "--deepness"]) == 2
+    assert "--resolution" in capsys.readouterr().err and not other.exists()
+    assert main(["export", str(checkpoint), "--onnx", str(other), "--deepness", "--tile", "64",
+                 "--resolution", "50"]) == 0  # fmt: skip
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(other)).metadata_props}
+    assert meta["resolution"] == 50
+    assert main(["export", str(checkpoint), "--onnx", str(tmp_path / "x.onnx"), "--deepness",
+                 "--opset", "18"]) == 2  # fmt: skip
+    assert "drop --size, --exporter and --opset" in capsys.readouterr().err
+    assert main(["export", str(checkpoint), "--onnx", str(tmp_path / "y.onnx"),
+                 "--resolution", "30"]) == 2  # fmt: skip
+    assert "add --deepness" in capsys.readouterr().err

@@ -32,7 +32,9 @@ class ModelInfo:
     ``scale`` is the pixel value that maps to 1.0 (None: the dtype's maximum, 255 or 65535;
     floats as given), applied before ``normalization``; training stores it so predict feeds the
     model the numbers it was trained on. ``bands`` are the 1-based source bands (GDAL order)
-    the model reads, e.g. (4, 3, 2); None: every band, in file order.
+    the model reads, e.g. (4, 3, 2); None: every band, in file order. ``resolution`` is the
+    training imagery's ground resolution in metres per pixel (LoveDA 0.3), where known: the
+    map server and the QGIS export use it to feed the model imagery at that scale.
     """
 
     name: str
@@ -47,6 +49,7 @@ class ModelInfo:
     palette: tuple[tuple[int, int, int], ...] | None = None
     size_multiple: int = 1
     bands: tuple[int, ...] | None = None
+    resolution: float | None = None
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any], model: nn.Module | None = None) -> ModelInfo:
@@ -66,6 +69,7 @@ class ModelInfo:
             palette=tuple(tuple(int(v) for v in c) for c in palette) if palette else None,
             size_multiple=int(multiple or state.get("size_multiple") or 1),
             bands=tuple(int(b) for b in state["bands"]) if state.get("bands") else None,
+            resolution=float(state["resolution"]) if state.get("resolution") else None,
         )
 
     @classmethod
@@ -129,9 +133,9 @@ def save_checkpoint(
     ``info`` is the model's record (``scale`` included, so predict feeds the model the numbers
     it was trained on). The older keyword form still works: ``model_name=``, ``model_options=``,
     ``in_channels=``, ``num_classes=``, ``classes=``, ``ignore_index=``, ``normalization=``,
-    ``scale=``, ``palette=`` build the record. Everything else in ``extra`` is training state
-    (epoch, optimizer, scheduler, scaler, RNG, config, metrics): only tensors, numbers,
-    strings, lists and dicts, so ``weights_only=True`` loading works.
+    ``scale=``, ``palette=``, ``bands=``, ``resolution=`` build the record. Everything else in
+    ``extra`` is training state (epoch, optimizer, scheduler, scaler, RNG, config, metrics):
+    only tensors, numbers, strings, lists and dicts, so ``weights_only=True`` loading works.
     """
     info, extra = _record(model, info, extra)
     plain = unwrap(model)
@@ -160,6 +164,7 @@ _LEGACY_KEYWORDS = {
     "scale": "scale",
     "palette": "palette",
     "bands": "bands",
+    "resolution": "resolution",
 }
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from satunet.checkpoint import ModelInfo
+from satunet.checkpoint import ModelInfo, load_checkpoint
 from satunet.errors import CheckpointError, ConfigError
 from satunet.files import PathLike, atomic_path, check_output_file
 
@@ -46,6 +46,35 @@ class Softmax(nn.Module):
 def dataset_resolution_cm(name: str | None) -> float | None:
     """The ground resolution (cm/px) of a dataset satunet knows, else None."""
     return DATASET_RESOLUTION_CM.get(name or "")
+
+
+def training_resolution_cm(info: ModelInfo, state: dict[str, object]) -> float | None:
+    """The checkpoint's training resolution in cm/px: its ``ModelInfo.resolution`` (m/px),
+    else the resolution of the dataset named in its run config, else None."""
+    if info.resolution:
+        return round(info.resolution * 100, 4)
+    config = state.get("config")
+    data = config.get("data") if isinstance(config, dict) else None
+    return dataset_resolution_cm(data.get("name") if isinstance(data, dict) else None)
+
+
+def export_checkpoint(
+    checkpoint: PathLike,
+    path: PathLike,
+    *,
+    tile: int = 512,
+    resolution_cm: float | None = None,
+    overlap_percent: int = DEFAULT_OVERLAP_PERCENT,
+) -> tuple[Path, ModelInfo, float]:
+    """:func:`export_deepness` of a checkpoint; ``resolution_cm`` defaults to its training
+    resolution. Returns (the file, the model record, the resolution written)."""
+    check_output_file(path, inputs=[checkpoint], what="--onnx file")
+    model, state = load_checkpoint(checkpoint)
+    info = ModelInfo.from_checkpoint(state, model)
+    cm = resolution_cm if resolution_cm is not None else training_resolution_cm(info, state)
+    written = export_deepness(model, info, path, tile=tile, resolution_cm=cm,
+                              overlap_percent=overlap_percent)  # fmt: skip
+    return written, info, float(cm)  # type: ignore[arg-type]  # checked by export_deepness
 
 
 def deepness_metadata(
@@ -81,8 +110,8 @@ def check_deepness(info: ModelInfo, tile: int, resolution_cm: float | None, over
         raise ConfigError(f"--tile {tile} must be a multiple of {multiple} (the model's)")
     if resolution_cm is None or not resolution_cm > 0:
         raise ConfigError(
-            "give the ground resolution in cm per pixel (--resolution), e.g. 30 for LoveDA, "
-            "25 or 50 for LandCover.ai"
+            "give the ground resolution in cm per pixel (--resolution; the checkpoint stores "
+            "none), e.g. 30 for LoveDA, 25 or 50 for LandCover.ai"
         )
     if not 0 <= overlap < 100:
         raise ConfigError(f"tiles overlap is a percentage in [0, 100), got {overlap}")

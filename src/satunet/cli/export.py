@@ -11,9 +11,15 @@ EXAMPLE = """examples:
   satunet export runs/skinny/best.pt --onnx skinny.onnx
   satunet export best.pt --onnx model.onnx --exporter torchscript
   satunet predict skinny.onnx scene.tif --out pred/        # run it with ONNX Runtime
+  satunet export best.pt --onnx fast_deepness.onnx --deepness --tile 512   # QGIS Deepness
 
 After exporting, ONNX Runtime and PyTorch run the same random batch at a size other than the
 export size; the command fails (exit 1) if fewer than 99.9% of pixels get the same class.
+
+--deepness writes what the QGIS Deepness plugin loads instead: one fixed --tile RGB float32
+input (batch dynamic), softmax probabilities out, IR version 8, and the plugin's metadata
+(class names, resolution, tile size, overlap, standardisation). In QGIS: Plugins -> Deepness ->
+Model type "Segmentor" -> the .onnx -> "Load default parameters" -> the orthophoto layer -> Run.
 """
 
 MIN_AGREEMENT = 0.999
@@ -49,6 +55,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="ONNX opset (default 18; 17 with --exporter torchscript); other values are refused "
         "unless the exporter writes them",
     )
+    p.add_argument(
+        "--deepness",
+        action="store_true",
+        help="write a QGIS Deepness Segmentor: fixed --tile RGB input (batch dynamic), softmax "
+        "output, IR <= 9, the plugin's metadata",
+    )
+    p.add_argument("--tile", type=positive_int, default=512, help="Deepness tile size (512)")
+    p.add_argument(
+        "--resolution",
+        type=float,
+        metavar="CM",
+        help="Deepness: ground resolution in cm/px (default: the checkpoint's training "
+        "resolution: LoveDA 30, LandCover.ai 25)",
+    )
+    p.add_argument(
+        "--tiles-overlap", type=int, default=12, metavar="PERCENT", help="Deepness overlap (12)"
+    )
     p.set_defaults(run=run)
 
 
@@ -69,10 +92,20 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from satunet.checkpoint import ModelInfo, load_checkpoint
+    from satunet.errors import ConfigError
     from satunet.files import check_output_file
     from satunet.infer import export_onnx, onnx_parity
 
     quiet_exporter_logs(getattr(args, "verbose", False))
+    if args.deepness:
+        if args.size or args.opset is not None or args.exporter != "dynamo":
+            raise ConfigError(
+                "--deepness writes its own graph (torchscript exporter, opset 17, fixed --tile): "
+                "drop --size, --exporter and --opset"
+            )
+        return _deepness(args)
+    if args.resolution is not None:
+        raise ConfigError("--resolution is written into Deepness files: add --deepness")
     target = check_output_file(Path(args.onnx), inputs=[args.checkpoint], what="--onnx file")
     model, state = load_checkpoint(args.checkpoint)
     info = ModelInfo.from_checkpoint(state, model)
@@ -95,4 +128,17 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def _deepness(args: argparse.Namespace) -> int:
+    from satunet.deepness import export_checkpoint
+
+    path, info, cm = export_checkpoint(args.checkpoint, args.onnx, tile=args.tile,
+                                       resolution_cm=args.resolution,
+                                       overlap_percent=args.tiles_overlap)  # fmt: skip
+    print(
+        f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {info.name}): Deepness "
+        f"Segmentor, {args.tile} px tiles, {args.tiles_overlap}% overlap, {cm:g} cm/px"
+    )
     return 0

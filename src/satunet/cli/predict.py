@@ -48,6 +48,33 @@ def non_negative(text: str) -> float:
     return value
 
 
+def add_backend_flags(p: argparse.ArgumentParser) -> None:
+    """--backend, --onnx, --streams and --profile."""
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnx", "openvino"),
+        default="torch",
+        help="torch (eager), onnx (ONNX Runtime) or openvino (pip install 'satunet[openvino]'); "
+        "onnx/openvino take .onnx files, int8 ones from `satunet quantize` (torch)",
+    )
+    p.add_argument(
+        "--onnx",
+        metavar="FILE",
+        help="ONNX file for --backend onnx/openvino and a .pt CHECKPOINT (default CHECKPOINT.onnx)",
+    )
+    p.add_argument(
+        "--streams",
+        type=positive_int,
+        default=None,
+        help="--backend openvino: parallel inference requests (default: 2 on 2+ cores, else 1)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="print where each scene's time goes: read / model / prepare / blend / finish / write",
+    )
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
@@ -68,29 +95,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_device(p)
     add_precision(p)
-    p.add_argument(
-        "--backend",
-        choices=("torch", "onnx", "openvino"),
-        default="torch",
-        help="torch (eager), onnx (ONNX Runtime) or openvino (pip install 'satunet[openvino]'); "
-        "onnx/openvino take .onnx files, int8 ones from `satunet quantize` (torch)",
-    )
-    p.add_argument(
-        "--onnx",
-        metavar="FILE",
-        help="ONNX file for --backend onnx/openvino with a .pt CHECKPOINT (default CHECKPOINT.onnx)",
-    )
-    p.add_argument(
-        "--streams",
-        type=positive_int,
-        default=None,
-        help="--backend openvino: parallel inference requests (default: 2 on 2+ cores, else 1)",
-    )
-    p.add_argument(
-        "--profile",
-        action="store_true",
-        help="print where each scene's time goes: read / model / prepare / blend / finish / write",
-    )
+    add_backend_flags(p)
     p.add_argument("--blend", choices=("cosine", "linear", "none"), default="cosine")
     p.add_argument(
         "--probabilities",

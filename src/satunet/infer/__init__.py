@@ -34,6 +34,7 @@ from satunet.infer.engine import (
     run_bands,
 )
 from satunet.infer.gis import class_aux_xml, class_colormap, class_style, probability_style
+from satunet.infer.loading import BACKENDS, load_predictor
 from satunet.infer.loveda import (
     LOVEDA_SIZE,
     LOVEDA_TEST_IMAGES,
@@ -41,7 +42,6 @@ from satunet.infer.loveda import (
     validate_loveda_submission,
     zip_submission,
 )
-from satunet.infer.loading import BACKENDS, load_predictor
 from satunet.infer.onnx import Exporter, Parity, export_onnx, onnx_parity
 from satunet.infer.predictors import (
     ONNX_METADATA_KEY,

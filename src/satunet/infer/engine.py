@@ -54,7 +54,6 @@ from satunet.data.tiling import BandPlan, BlendKind, blend_ramp, plan_bands
 from satunet.errors import ConfigError, InputSizeError
 from satunet.infer.pipeline import (
     StageTimes,
-    Writer,
     predict_ahead,
     prefetch,
     release_free_memory,

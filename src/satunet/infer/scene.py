@@ -275,9 +275,8 @@ def predict_scene(
         scene = reader.info
         check_scene(scene, info, submission)
         thumb = Preview(scene.height, scene.width) if preview else None
-        times = StageTimes() if profile else None
-        selected_classes = submission_classes(info) if submission else None
-        sink = SceneSink({}, selected_classes, probabilities, thumb, times)
+        classes = submission_classes(info) if submission else None
+        sink = SceneSink({}, classes, probabilities, thumb, StageTimes() if profile else None)
         shape = _write_scene(
             reader,
             paths,
@@ -306,7 +305,7 @@ def predict_scene(
         buffer_shape=shape,
         area_km2=None if area is None else area * scene.height * scene.width,
         nodata_pixels=sink.nodata_count,
-        profile=times.summary() if times is not None else None,
+        profile=sink.times.summary() if sink.times is not None else None,
     )
 
 

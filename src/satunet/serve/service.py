@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from satunet.checkpoint import read_checkpoint
 from satunet.errors import ConfigError
 from satunet.files import PathLike
 from satunet.infer import Predictor, load_predictor
@@ -212,14 +211,6 @@ class TileService:
         self.pool.close()
 
 
-def checkpoint_resolution(checkpoint: Path) -> float | None:
-    """The training ground resolution (m/px) a .pt checkpoint stores, if it stores one."""
-    if checkpoint.suffix.lower() != ".pt":
-        return None
-    value = read_checkpoint(checkpoint).get("resolution")
-    return float(value) if isinstance(value, (int, float)) and value > 0 else None
-
-
 def build_service(
     checkpoint: PathLike,
     scenes: Sequence[PathLike],
@@ -245,7 +236,7 @@ def build_service(
     dev = resolve_device(device, precision)
     checkpoint = Path(checkpoint)
     predictor = load_predictor(checkpoint, backend=backend, device=str(dev), precision=precision)
-    resolution = resolution or checkpoint_resolution(checkpoint)
+    resolution = resolution or predictor.info.resolution  # ModelInfo: .pt and .onnx alike
     if resolution is None:
         log.info(
             "the checkpoint stores no training resolution and --resolution is not given: "

@@ -209,7 +209,36 @@ def model_info(cfg: RunConfig, dataset: Any, model: torch.nn.Module) -> ModelInf
         bands=tuple(int(b) for b in bands) if (bands := getattr(dataset, "bands", None)) else None,
         palette=tuple(tuple(int(v) for v in c) for c in palette) if palette else None,
         size_multiple=int(getattr(model, "size_multiple", 1)),
+        resolution=dataset_resolution(cfg.data.name, dataset),
     )
+
+
+# Datasets whose ground resolution is fixed (metres per pixel); others are read from their files.
+KNOWN_RESOLUTION_M = {"loveda": 0.3}
+
+
+def dataset_resolution(name: str, dataset: Any) -> float | None:
+    """Training ground resolution in m/px: known for LoveDA, else the first image's GeoTIFF
+    transform (projected CRS only), else None (PNGs, geographic CRSs)."""
+    if name in KNOWN_RESOLUTION_M:
+        return KNOWN_RESOLUTION_M[name]
+    records = getattr(dataset, "records", None)
+    if not records:
+        return None
+    import warnings
+
+    import rasterio
+
+    try:
+        with warnings.catch_warnings():  # PNGs: NotGeoreferencedWarning
+            warnings.simplefilter("ignore")
+            src = rasterio.open(records[0].image)
+        with src:
+            if src.crs is None or not src.crs.is_projected:
+                return None
+            return round(abs(src.transform.a) * src.crs.linear_units_factor[1], 6)
+    except (rasterio.errors.RasterioError, OSError):
+        return None
 
 
 def _fitting(stats: dict[str, list[float]] | None, bands: int) -> dict[str, list[float]] | None:
