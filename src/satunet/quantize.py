@@ -168,9 +168,7 @@ def tile_sets(
     calib: Dataset = create_dataset(d.name, d.root, split=split, transforms=transforms, **kwargs)
     calib_desc = f"{d.name} {split}"
     if val_fraction > 0:
-        base = create_dataset(
-            d.name, d.root, split=d.train_split, transforms=transforms, **kwargs
-        )
+        base = create_dataset(d.name, d.root, split=d.train_split, transforms=transforms, **kwargs)
         keep, val_idx = split_by_group(base.groups, val_fraction, seed)
         evaluation: Dataset = Subset(base, val_idx)
         eval_desc = f"{eval_split} = {val_fraction:g} of {d.train_split} by image, seed {seed}"

@@ -28,15 +28,23 @@ __all__ = [
     "plot_curves",
     "plot_predictions",
     "plot_scene_preview",
+    "save_figure",
     "scores_markdown",
     "write_scores",
 ]
 
 
-def _savefig_atomic(fig: Any, path: PathLike) -> None:
+def save_figure(fig: Any, path: PathLike, *, dpi: int = 100, **savefig: Any) -> Path:
+    """Write a matplotlib figure atomically (format from the suffix), then close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=100, bbox_inches="tight")
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi, **savefig)
+    finally:
+        plt.close(fig)
+    return path
 
 
 def _pyplot() -> Any:
@@ -206,8 +214,7 @@ def plot_curves(
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
-    _savefig_atomic(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, bbox_inches="tight")
 
 
 def display_rgb(image: Any, low: float = 2.0, high: float = 98.0) -> np.ndarray:
@@ -303,8 +310,7 @@ def plot_predictions(
             if col == 0:
                 ax.set_ylabel(ids[row], fontsize=9)
     _legend(fig, classes, palette, ignore_index, rect_bottom=1.0 / (3 * n + 1.0))
-    _savefig_atomic(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, bbox_inches="tight")
 
 
 def _legend(
@@ -367,9 +373,4 @@ def plot_scene_preview(
         handles=handles, loc="upper left", bbox_to_anchor=(image_w, 1), fontsize=10,
         frameon=True, facecolor="white", edgecolor="0.3", framealpha=1.0, borderaxespad=0.4,
     )  # fmt: skip
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi, facecolor=fig.get_facecolor())
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=dpi, facecolor=fig.get_facecolor())

@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from satunet.files import PathLike, atomic_path
-from satunet.report import place_labels, plain_log_ticks
+from satunet.files import PathLike
+from satunet.report import place_labels, plain_log_ticks, save_figure
 
 PANELS: tuple[tuple[str, str], ...] = (
     ("train_img_s", "training (forward + backward + Adam step)"),
@@ -65,9 +65,4 @@ def plot_chart(
     if warning:
         suptitle += "\n⚠ " + warning
     fig.suptitle(suptitle, fontsize=9, color="firebrick" if warning else "black")
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

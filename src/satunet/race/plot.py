@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from satunet.files import atomic_path
+from satunet.report import save_figure
 
 
 def plot_race(result: Mapping[str, Any], path: Path) -> Path:
@@ -48,9 +48,4 @@ def plot_race(result: Mapping[str, Any], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

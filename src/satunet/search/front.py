@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from satunet.files import PathLike, atomic_path
+from satunet.files import PathLike
 from satunet.models import Level, Preset, load_presets, save_presets
-from satunet.report import fmt, place_labels
+from satunet.report import fmt, place_labels, save_figure
 from satunet.report import markdown_table as build_table
 from satunet.search.space import Candidate
 
@@ -174,12 +174,7 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> Pa
         _pareto_panel(ax, rows, key, label, flag)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def save_front(result: Mapping[str, Any], path: PathLike) -> tuple[Path, list[str]]:
