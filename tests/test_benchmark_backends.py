@@ -128,3 +128,14 @@ def test_real_labelled_tiles_give_miou_and_calibrate_int8(
     assert "mIoU %" in table and "loveda val: the first 2 tiles" in table
     assert "calibrated on 2 loveda train tiles" in table
     assert "| onnx | int8 |" in table
+
+
+def test_accuracy_gate_flags_a_fast_path_that_loses_accuracy():
+    from satunet.benchmark.backends import accuracy_gate
+
+    base = {"miou": 0.30, "agreement": 1.0}
+    assert accuracy_gate({"miou": 0.295, "agreement": 0.97}, base) == "passed"
+    assert accuracy_gate({"miou": 0.28, "agreement": 0.99}, base).startswith("failed: mIoU 2.00")
+    unlabelled = {"miou": None, "agreement": 1.0}
+    assert accuracy_gate({"miou": None, "agreement": 0.985}, unlabelled) == "passed"
+    assert "agreement 89.00%" in accuracy_gate({"miou": None, "agreement": 0.89}, unlabelled)

@@ -52,8 +52,12 @@ REFERENCE = ("torch", "fp32")
 ONNX_HINT = "pip install 'satunet[onnx]'"
 ROW_KEYS: tuple[str, ...] = (
     "backend", "precision", "status", "why", "note", "images_s", "mpx_s", "spread",
-    "speedup", "agreement", "miou", "round_s",
+    "speedup", "agreement", "miou", "gate", "round_s",
 )  # fmt: skip
+# The accuracy gate of `satunet quantize`, applied to every fast path: with labels, at most this
+# many mIoU points below eager fp32; without labels, at least this argmax agreement with it.
+MAX_DROP_POINTS = 1.0
+MIN_AGREEMENT = 0.98
 FILES = ("backends.md", "backends.json")
 
 # Pairs no setup can run, and why (the others depend on the machine and what is installed).
@@ -352,7 +356,22 @@ def assemble_rows(
     for row in rows:
         if row["status"] == "ok":
             row["speedup"] = row["mpx_s"] / base["mpx_s"]
+            row["gate"] = accuracy_gate(row, base)
     return rows
+
+
+def accuracy_gate(row: dict[str, Any], base: dict[str, Any]) -> str:
+    """ "passed" or "failed: why": mIoU drop against eager fp32 with labels, else agreement."""
+    if row["miou"] is not None and base["miou"] is not None:
+        drop = 100 * (base["miou"] - row["miou"])
+        if drop > MAX_DROP_POINTS:
+            return f"failed: mIoU {drop:.2f} points below fp32 (> {MAX_DROP_POINTS:g})"
+        return "passed"
+    if row["agreement"] < MIN_AGREEMENT:
+        return (
+            f"failed: argmax agreement {100 * row['agreement']:.2f}% (< {100 * MIN_AGREEMENT:g}%)"
+        )
+    return "passed"
 
 
 def run_settings(
@@ -381,6 +400,10 @@ def noise_settings(
         warnings.append(loaded)
     if rounds < 2:
         warnings.append("1 timed round: no round-to-round spread, noise cannot be detected")
+    gated = [f"{r['backend']} {r['precision']} ({r['gate']})" for r in rows
+             if str(r.get("gate") or "").startswith("failed")]  # fmt: skip
+    if gated:
+        warnings.append("accuracy gate failed for " + ", ".join(gated))
     noisy = [f"{r['backend']} {r['precision']} ({100 * r['spread']:.0f} %)" for r in rows
              if r.get("spread") is not None and r["spread"] > max_spread]  # fmt: skip
     if noisy:
@@ -400,7 +423,7 @@ def backends_markdown(report: BackendsReport) -> str:
     s = report.settings
     labelled = s.get("labelled")
     headers = ["backend", "precision", "images/s", "Mpx/s", "spread", "vs torch fp32",
-               "agreement"] + (["mIoU %"] if labelled else []) + ["notes"]  # fmt: skip
+               "agreement"] + (["mIoU %"] if labelled else []) + ["gate", "notes"]  # fmt: skip
     lines = []
     for r in report.rows:
         ok = r["status"] == "ok"
@@ -409,6 +432,7 @@ def backends_markdown(report: BackendsReport) -> str:
                  percent(r["agreement"])]  # fmt: skip
         if labelled:
             cells.append(fmt(r["miou"] * 100 if r["miou"] is not None else None, 2))
+        cells.append(r["gate"] or "–")
         note = r["note"] if ok else f"unsupported: {r['why']}"
         cells.append(str(note).replace("|", "/"))
         lines.append(cells)
