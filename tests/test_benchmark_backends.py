@@ -139,3 +139,19 @@ def test_accuracy_gate_flags_a_fast_path_that_loses_accuracy():
     unlabelled = {"miou": None, "agreement": 1.0}
     assert accuracy_gate({"miou": None, "agreement": 0.985}, unlabelled) == "passed"
     assert "agreement 89.00%" in accuracy_gate({"miou": None, "agreement": 0.89}, unlabelled)
+
+
+def test_tta_rows_sit_beside_the_plain_rows(tmp_path):
+    """--tta d4: each runnable pair gets a twin with 8 forward passes; the reference stays plain."""
+    from satunet.benchmark.backends import benchmark_backends
+    from satunet.checkpoint import ModelInfo
+    from satunet.models import Level, UNet
+
+    model = UNet((Level(4, 1), Level(8, 1)), num_classes=3)
+    report = benchmark_backends(model, ModelInfo.from_model(model), ["torch"], ["fp32"],
+                                size=32, batch_size=1, rounds=1, warmup=0, tta="d4")  # fmt: skip
+    rows = {(r["backend"], r["precision"]): r for r in report.rows}
+    assert set(rows) == {("torch", "fp32"), ("torch", "fp32+d4")}
+    assert rows["torch", "fp32"]["speedup"] == 1.0
+    assert "8 passes" in rows["torch", "fp32+d4"]["note"]
+    assert rows["torch", "fp32+d4"]["status"] == "ok"

@@ -38,7 +38,7 @@ from satunet.data import create_dataset, dataset_options
 from satunet.data.transforms import eval_transforms
 from satunet.errors import ConfigError, SatunetError
 from satunet.files import PathLike, atomic_write_text
-from satunet.infer import OnnxPredictor, Predictor, TorchPredictor, export_onnx
+from satunet.infer import OnnxPredictor, Predictor, TorchPredictor, export_onnx, with_tta
 from satunet.infer.openvino import INSTALL_HINT, OpenVinoPredictor, import_openvino
 from satunet.metrics import ConfusionMatrix
 from satunet.report import fmt, markdown_table
@@ -242,6 +242,21 @@ def build(backend: str, precision: str, src: Sources) -> tuple[Predictor, str]:
         raise Unsupported(str(e)) from e
 
 
+def add_tta_variants(
+    variants: dict[tuple[str, str], Predictor], notes: dict[tuple[str, str], str], tta: str
+) -> list[tuple[str, str]]:
+    """A test-time-augmented twin of every runnable pair; returns the new pairs."""
+    if tta == "none":
+        return []
+    added = []
+    for (backend, precision), predictor in list(variants.items()):
+        pair = (backend, f"{precision}+{tta}")
+        variants[pair] = with_tta(predictor, tta)
+        notes[pair] = f"{notes[backend, precision]}, tta {tta} ({variants[pair].passes} passes)"
+        added.append(pair)
+    return added
+
+
 def time_rounds(
     variants: dict[tuple[str, str], Predictor], x: np.ndarray, rounds: int, warmup: int
 ) -> tuple[dict[tuple[str, str], list[float]], dict[tuple[str, str], np.ndarray]]:
@@ -301,7 +316,7 @@ def benchmark_backends(
     size: int = 512, batch_size: int = 4, rounds: int = 3, warmup: int = 1,
     device: str = "cpu", tiles: Tiles | None = None, int8: PathLike | None = None,
     int8_source: str | None = None, onnx: PathLike | None = None, streams: int | None = None,
-    max_spread: float = DEFAULT_MAX_SPREAD,
+    max_spread: float = DEFAULT_MAX_SPREAD, tta: str = "none",
 ) -> BackendsReport:  # fmt: skip
     """Time ``model`` on every backend x precision pair (see the module docstring).
 
@@ -310,6 +325,8 @@ def benchmark_backends(
     ``onnx``: its fp32 ONNX file (default: exported here). ``tiles``: the batch (default:
     seeded noise of ``batch_size`` x ``size``²). ``streams``: OpenVINO requests (default
     min(2, usable cores)). Eager torch fp32 is always measured: it is the reference.
+    ``tta`` ("flip", "d4"): every runnable pair also gets a row with test-time augmentation
+    (precision "fp32+d4", ...), so its cost and accuracy sit beside the plain row.
     """
     check_args(size, batch_size, rounds, warmup, info.size_multiple)
     tiles = tiles or synthetic_tiles(info, batch_size, size)
@@ -330,6 +347,7 @@ def benchmark_backends(
                 notes[pair] = str(e)
         if REFERENCE not in variants:
             raise ConfigError(f"eager torch fp32 (the reference) cannot run: {notes[REFERENCE]}")
+        pairs += add_tta_variants(variants, notes, tta)
         times, classes = time_rounds(variants, tiles.x, rounds, warmup)
     rows = assemble_rows(pairs, variants, notes, times, classes, tiles, info.num_classes)
     settings = run_settings(info, tiles, rounds, warmup, device, src, int8_source)

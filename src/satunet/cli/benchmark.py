@@ -137,6 +137,9 @@ def add_matrix_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--streams", type=positive_int, default=None,
                    help="OpenVINO parallel requests (default min(2, usable cores))")  # fmt: skip
+    g.add_argument("--tta", choices=("none", "flip", "d4"), default="none",
+                   help="also time every pair with test-time augmentation (its cost and "
+                   "accuracy beside the plain row)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -228,7 +231,8 @@ def _refuse(warnings: list[str]) -> bool:
 # ------------------------------------------------------------- --backends x --precisions
 
 MATRIX_ONLY = ("checkpoint", "int8", "data", "root", "scene", "streams")
-MATRIX_DEFAULTS = {"split": "val", "calibration_split": "train", "calibration_tiles": 16}
+MATRIX_DEFAULTS = {"split": "val", "calibration_split": "train", "calibration_tiles": 16,
+                   "tta": "none"}  # fmt: skip
 # Flags of the models benchmark that mean nothing for the backends matrix (refused, not ignored).
 MODELS_ONLY = {"precision": "fp32", "channels_last": False, "compile": False, "fold_bn": False,
                "reference": "deeplabv3plus_resnet34", "no_train": False, "no_infer": False,
@@ -381,7 +385,7 @@ def run_matrix(args: argparse.Namespace) -> int:
         report = bb.benchmark_backends(
             model, info, backends, precisions, size=args.size, batch_size=args.batch_size,
             rounds=args.rounds, warmup=args.warmup, device=args.device, tiles=tiles,
-            streams=args.streams, max_spread=args.max_spread,
+            streams=args.streams, max_spread=args.max_spread, tta=args.tta,
             **_int8_inputs(args, model, info, Path(tmp), precisions),
         )  # fmt: skip
     if args.strict and _refuse(report.settings["warnings"]):
