@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,33 @@ def shared_loveda() -> Path:
     if not (SHARED_LOVEDA / "Train" / "Rural" / "images_png").is_dir():
         pytest.skip(f"real LoveDA tiles not found at {SHARED_LOVEDA} (../shared is absent)")
     return SHARED_LOVEDA
+
+
+# Two tiny UNets every process (subprocess, torchrun) can build by name: FILE.toml:tiny / :small.
+TINY_PRESETS = """
+[presets.tiny]
+levels = [[4, 1], [8, 1]]
+
+[presets.small]
+levels = [[8, 1], [16, 1]]
+"""
+
+
+@pytest.fixture(scope="session")
+def presets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A presets file holding the tiny models (``f"{presets}:tiny"`` is a model name)."""
+    path = tmp_path_factory.mktemp("presets") / "tiny.toml"
+    path.write_text(TINY_PRESETS)
+    return path
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny tensors on a shared machine: one thread is ~10-80x faster than two contending."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,8 +13,14 @@ from PIL import Image
 
 from fakes import make_folder, make_geotiff, make_landcoverai, make_loveda, split_py_tiles
 from satunet.cli import main
-from satunet.data import DATASETS, ImageMaskFolder, LandCoverAI, LoveDA, create_dataset
-from satunet.data import check_dataset
+from satunet.data import (
+    DATASETS,
+    ImageMaskFolder,
+    LandCoverAI,
+    LoveDA,
+    check_dataset,
+    create_dataset,
+)
 from satunet.data.landcoverai import official_tiles
 from satunet.errors import DataError, DatasetNotFoundError, UnknownNameError
 

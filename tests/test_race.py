@@ -1,39 +1,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from fakes import make_loveda
 from satunet.cli import main
 from satunet.errors import ConfigError
 from satunet.race import race, summarize_race, time_to, verdicts
 
-PRESETS = """
-[presets.tiny]
-levels = [[4, 1], [8, 1]]
-
-[presets.small]
-levels = [[8, 1], [16, 1]]
-"""
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def presets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("presets") / "tiny.toml"
-    path.write_text(PRESETS)
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,30 +42,7 @@ from satunet.train import (
     train_epoch,
 )
 
-PRESETS = """
-[presets.tiny]
-levels = [[4, 1], [8, 1]]
-
-[presets.small]
-levels = [[8, 1], [16, 1]]
-"""
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors on a shared machine: one thread is ~10-80x faster than two contending."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def presets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A presets file, so every process (subprocess, torchrun) can build the tiny models."""
-    path = tmp_path_factory.mktemp("presets") / "tiny.toml"
-    path.write_text(PRESETS)
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
