@@ -215,23 +215,48 @@ def _data_setting(
     seed: int | None,
 ) -> tuple[DataConfig, float, int]:
     """The dataset to score on: what was asked, else what the checkpoint was trained with."""
+    d, trained, same_data = trained_dataset(cfg, data, root, scene, options, checkpoint)
+    if val_fraction is None:
+        val_fraction = trained.val_fraction if same_data and split == trained.val_split else 0.0
+    return d, val_fraction, carve_out_seed(cfg) if seed is None else seed
+
+
+def trained_dataset(
+    cfg: Any,
+    data: str | None,
+    root: PathLike | None,
+    scene: str | None,
+    options: dict[str, Any] | None,
+    checkpoint: PathLike,
+) -> tuple[DataConfig, DataConfig, bool]:
+    """(dataset to use, dataset trained on, whether they are the same dataset).
+
+    Arguments win; anything not given comes from the run config the checkpoint records
+    (``cfg``, or None when it records none).
+    """
     trained = cfg.data if cfg is not None else DataConfig()
-    same_data = cfg is not None and data in (None, trained.name)
+    same = cfg is not None and data in (None, trained.name)
     d = DataConfig(
         name=data or trained.name,
-        root=str(root) if root is not None else (trained.root if same_data else ""),
-        scene=scene if scene is not None else (trained.scene if same_data else None),
+        root=str(root) if root is not None else (trained.root if same else ""),
+        scene=scene if scene is not None else (trained.scene if same else None),
         train_split=trained.train_split,
-        options=dict(options if options is not None else trained.options if same_data else {}),
+        val_split=trained.val_split,
+        val_fraction=trained.val_fraction if same else 0.0,
+        options=dict(options if options is not None else trained.options if same else {}),
     )
     if not d.root:
         raise ConfigError(f"give the dataset root (--root); {checkpoint} does not record one")
-    if val_fraction is None:
-        val_fraction = trained.val_fraction if same_data and split == trained.val_split else 0.0
-    if seed is None:  # the carve-out's own seed (race runs share one) else the run's seed
-        split_seed = getattr(cfg.train, "split_seed", None) if cfg is not None else None
-        seed = split_seed if split_seed is not None else (cfg.train.seed if cfg is not None else 0)
-    return d, val_fraction, seed
+    return d, trained, same
+
+
+def carve_out_seed(cfg: Any) -> int:
+    """Seed of a run's validation carve-out: ``train.split_seed`` (race runs share one), else
+    the run's seed."""
+    if cfg is None:
+        return 0
+    split_seed = getattr(cfg.train, "split_seed", None)
+    return split_seed if split_seed is not None else cfg.train.seed
 
 
 def _scored_dataset(

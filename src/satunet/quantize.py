@@ -40,6 +40,7 @@ from satunet.data.pixels import pad_to_multiple
 from satunet.data.splits import dataset_kwargs, dataset_scale, split_by_group
 from satunet.data.transforms import eval_transforms
 from satunet.errors import ConfigError, SatunetError
+from satunet.evaluate import carve_out_seed, trained_dataset
 from satunet.files import PathLike, atomic_path, check_output_file, jsonable
 from satunet.infer import OnnxPredictor, Predictor, export_onnx
 from satunet.metrics import ConfusionMatrix
@@ -131,20 +132,8 @@ def resolve_data(
     """(dataset to use, dataset trained on, seed): arguments win, else what the checkpoint
     records (``options`` are dataset arguments such as tile_size)."""
     cfg = config_from_dict(state["config"]) if state.get("config") else None
-    trained = cfg.data if cfg is not None else DataConfig()
-    same = cfg is not None and data in (None, trained.name)
-    d = DataConfig(
-        name=data or trained.name,
-        root=str(root) if root is not None else (trained.root if same else ""),
-        scene=scene if scene is not None else (trained.scene if same else None),
-        train_split=trained.train_split,
-        val_split=trained.val_split,
-        val_fraction=trained.val_fraction if same else 0.0,
-        options=dict(options if options is not None else trained.options if same else {}),
-    )
-    if not d.root:
-        raise ConfigError("give the dataset root (--root); the checkpoint does not record one")
-    return d, trained, cfg.train.seed if cfg is not None else 0
+    d, trained, _ = trained_dataset(cfg, data, root, scene, options, "the checkpoint")
+    return d, trained, carve_out_seed(cfg)
 
 
 def tile_sets(
