@@ -124,3 +124,37 @@ def test_race_on_the_real_loveda_tiles(shared_loveda: Path, tmp_path: Path):
     for agg in result["models"].values():
         assert agg["steps"] > 0 and len(agg["curve"]) == 2
     assert (tmp_path / "race" / "curves.png").is_file()
+
+
+def test_a_recipe_per_entry_and_resume_after_an_interruption(
+    presets: Path, loveda_root: Path, tmp_path: Path
+):
+    out = tmp_path / "race"
+    kwargs = dict(data="loveda", root=loveda_root, scene="rural", budget_min=1 / 120, seeds=[0],
+                  mixed=False, crop=16, batch_size=4, val_every=0.5, device="cpu",
+                  data_options={"tile_size": 32}, out=out, progress=False)  # fmt: skip
+    entries = [f"{presets}:tiny", f"{presets}:tiny@study"]
+    first = race(entries, **kwargs)
+    assert set(first["models"]) == set(entries)
+    assert set(first["settings"]["recipes"]) == {"fast", "study"}
+    assert first["settings"]["recipes"]["study"]["optimizer"] == "adam"
+    assert "`fast` (adamw" in (out / "race.md").read_text()
+    assert "`study` (adam" in (out / "race.md").read_text()
+    study_dir = out / "runs" / "tiny@study-seed0"
+    assert (study_dir / "race-run.json").is_file()
+    # Interrupted during the study run: its record is missing, so --resume runs it again
+    # (keeping the old folder) and reuses the finished fast run untouched.
+    (study_dir / "race-run.json").unlink()
+    fast_best = (out / "runs" / "tiny-seed0" / "best.pt").stat().st_mtime_ns
+    again = race(entries, **kwargs, resume=True)
+    assert again["settings"]["reused_runs"] == ["tiny-seed0"]
+    assert (out / "runs" / "tiny-seed0" / "best.pt").stat().st_mtime_ns == fast_best
+    assert (out / "runs" / "tiny@study-seed0.interrupted-1" / "config.toml").is_file()
+    assert (study_dir / "race-run.json").is_file()
+    fast = f"{presets}:tiny"
+    assert again["models"][fast]["final_miou_mean"] == first["models"][fast]["final_miou_mean"]
+    # Resuming with another budget would mix two races: refused, naming the setting.
+    with pytest.raises(ConfigError, match="budget_min"):
+        race(entries, **{**kwargs, "budget_min": 1 / 60}, resume=True)
+    with pytest.raises(ConfigError, match="MODEL@RECIPE"):
+        race(["tiny@"], **{**kwargs, "out": tmp_path / "other"})

@@ -12,6 +12,9 @@ EXAMPLE = """examples:
   satunet race unet_base,unet_skinny,unet_fast,unet_v2,deeplabv3plus_resnet34 --data loveda \\
       --root ../shared/data/loveda --scene rural --val-fraction 0.2 --budget-min 20 \\
       --seeds 0,1,2 --recipe fast --out runs/race-20min
+  satunet race unet_fast,unet_fast@study --data loveda --root ../shared/data/loveda \
+      --scene rural --budget-min 20 --out runs/race-recipes     # the recipes against each other
+  satunet race ... --out runs/race-20min --resume     # continue a race that was stopped
 
 Every model trains for --budget-min minutes of *training* time per seed (validation runs every
 10% of the budget and is not counted), one run at a time, with the same recipe, data split,
@@ -32,7 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("models", help="comma-separated model names (registry names or FILE:NAME)")
+    p.add_argument("models", help="comma-separated entries: MODEL (a registry name or FILE:NAME) "
+                   "or MODEL@RECIPE to race a model under another recipe, e.g. "
+                   "unet_fast,unet_fast@study")  # fmt: skip
     add_dataset(p, required=True)
     p.add_argument("--budget-min", type=float, required=True, metavar="M",
                    help="minutes of training time per model and seed")  # fmt: skip
@@ -53,7 +58,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "bf16), on or off")  # fmt: skip
     p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a dataset option, e.g. tile_size=256 (repeatable)")  # fmt: skip
-    p.add_argument("--reference", help="model whose final mIoU is the target (the slowest)")
+    p.add_argument("--reference", help="entry whose final mIoU is the target (the slowest)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted race in --out: reuse its finished runs "
+                   "(same settings), run the rest; an unfinished run is kept aside and run "
+                   "again")  # fmt: skip
     add_device(p)
     p.add_argument("-o", "--out", default="runs/race", help="output folder (runs/race)")
     p.set_defaults(run=run)
@@ -98,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         data_options=options,
         progress=sys.stderr.isatty() and not args.quiet,
         command="satunet " + shlex.join(sys.argv[1:]),
+        resume=args.resume,
     )
     out = Path(args.out)
     print((out / "race.md").read_text(encoding="utf-8"))

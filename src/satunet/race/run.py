@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import platform
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 
 from satunet.config import DataConfig, ModelConfig, RunConfig, TrainConfig, validate
 from satunet.errors import ConfigError
-from satunet.files import PathLike, atomic_write_json, atomic_write_text
+from satunet.files import PathLike, atomic_write_json, atomic_write_text, jsonable
 from satunet.race.plot import plot_race
 from satunet.race.summary import race_markdown, summarize_race
 from satunet.runtime import configure_cpu_threads, resolve_device
@@ -26,14 +27,32 @@ from satunet.train import apply_recipe, check_new_run_dir, cpu_has_bf16, train_f
 log = logging.getLogger(__name__)
 
 
-def run_name(model: str, seed: int) -> str:
-    """The run directory name of ``model`` (a registry name or FILE:NAME) and ``seed``."""
-    short = model.rpartition(":")[2] or model
-    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', short)}-seed{seed}"
+# Written into a run's folder when its budget is spent: `--resume` reuses exactly these runs.
+RUN_RESULT = "race-run.json"
+
+
+def run_name(entry: str, seed: int) -> str:
+    """The run directory name of a race entry (MODEL or MODEL@RECIPE) and ``seed``."""
+    short = entry.rpartition(":")[2] or entry
+    return f"{re.sub(r'[^A-Za-z0-9_.@-]+', '_', short)}-seed{seed}"
+
+
+def split_entry(entry: str, default_recipe: str) -> tuple[str, str]:
+    """``MODEL@RECIPE`` -> (MODEL, RECIPE); a bare MODEL races with ``default_recipe``.
+
+    Racing one model under two recipes (``unet_fast,unet_fast@study``) compares the recipes
+    on the same clock, data and seeds.
+    """
+    model, sep, recipe = entry.rpartition("@")
+    if not sep:
+        return entry, default_recipe
+    if not model or not recipe:
+        raise ConfigError(f"race entry {entry!r} must look like MODEL or MODEL@RECIPE")
+    return model, recipe
 
 
 def race_configs(
-    models: Sequence[str],
+    entries: Sequence[str],
     seeds: Sequence[int],
     *,
     data: DataConfig,
@@ -41,19 +60,20 @@ def race_configs(
     recipe: str,
     device: torch.device,
     mixed: bool | None = None,
-) -> list[RunConfig]:
-    """One config per (seed, model), seed-major, all with the same recipe, data and crop."""
-    recipe_train = apply_recipe(train, recipe, device, mixed=mixed)
+) -> list[tuple[str, RunConfig]]:
+    """(entry, config) per (seed, entry), seed-major; each entry's recipe, the same data/crop."""
     configs = []
     for seed in seeds:
-        for name in models:
+        for entry in entries:
+            model, entry_recipe = split_entry(entry, recipe)
+            recipe_train = apply_recipe(train, entry_recipe, device, mixed=mixed)
             cfg = RunConfig(
-                model=ModelConfig(name=name),
+                model=ModelConfig(name=model),
                 data=DataConfig(**{**data.__dict__, "options": dict(data.options)}),
                 train=TrainConfig(**{**recipe_train.__dict__, "seed": seed}),
             )
             validate(cfg)
-            configs.append(cfg)
+            configs.append((entry, cfg))
     return configs
 
 
@@ -79,6 +99,7 @@ def race(
     data_options: Mapping[str, Any] | None = None,
     progress: bool = True,
     command: str | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train every model for ``budget_min`` minutes of training time per seed, one at a time.
 
@@ -86,7 +107,10 @@ def race(
     same for every seed), crop and batch; seeds change the initial weights and the order of
     crops. Validation (every ``val_every`` of the budget) does not count against the budget.
     Writes OUT/race.json, OUT/race.md, OUT/curves.png and OUT/runs/MODEL-seedS/; returns the
-    race.json content.
+    race.json content. ``models`` are entries: MODEL, or MODEL@RECIPE for a recipe other than
+    ``recipe``. With ``resume``, runs that finished their budget in an earlier, interrupted
+    race into ``out`` (same settings) are reused, and an unfinished one is set aside and run
+    again: a long race survives being stopped.
     """
     models, seeds = list(dict.fromkeys(models)), list(dict.fromkeys(seeds))
     if not models or not seeds:
@@ -105,52 +129,112 @@ def race(
                              split_seed=split_seed)  # fmt: skip
     configs = race_configs(models, seeds, data=base_data, train=base_train, recipe=recipe,
                            device=dev, mixed=mixed)  # fmt: skip
-    for cfg in configs:  # refuse an old race's folders before training anything
-        check_new_run_dir(out / "runs" / run_name(cfg.model.name, cfg.train.seed))
+    done = {}
+    for entry, cfg in configs:  # refuse an old race's folders before training anything
+        run_dir = out / "runs" / run_name(entry, cfg.train.seed)
+        finished = finished_run(run_dir, cfg) if resume else None
+        if finished is not None:
+            done[run_dir] = finished
+        elif resume and (run_dir / "config.toml").exists():
+            _set_aside(run_dir)
+        else:
+            check_new_run_dir(run_dir)
     started = time.time()
-    runs = _run_all(configs, out, budget_min * 60, progress)
+    runs = _run_all(configs, out, budget_min * 60, progress, done)
     result = summarize_race(runs, models, seeds, reference=reference)
-    result["settings"] = _settings(configs[0], models, seeds, dev, threads, started)
+    result["settings"] = _settings(configs, models, seeds, dev, threads, started)
     result["settings"]["command"] = command
+    result["settings"]["reused_runs"] = sorted(p.name for p in done)
     write_race(out, result)
     return result
 
 
+def finished_run(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
+    """The summary of a run that spent its whole budget under ``cfg`` (None: not finished).
+
+    A finished run made with other settings is refused, not silently mixed into this race.
+    """
+    path = run_dir / RUN_RESULT
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        old, summary = saved["config"], saved["summary"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is not a race run record ({e}); move {run_dir} away") from e
+    old, new = _flat(old), _flat(json.loads(json.dumps(jsonable(cfg.to_dict()))))
+    differ = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if differ:
+        raise ConfigError(
+            f"--resume: {run_dir} was raced with other settings ({', '.join(differ)} differ); "
+            "resume with the original command, or race into a new --out"
+        )
+    return summary
+
+
+def _flat(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, table in config.items()
+            for key, value in (table.items() if isinstance(table, Mapping) else [])}  # fmt: skip
+
+
+def _set_aside(run_dir: Path) -> None:
+    """Rename an unfinished run's folder (never delete what a user made) so it can run again."""
+    n = 1
+    while (aside := run_dir.with_name(f"{run_dir.name}.interrupted-{n}")).exists():
+        n += 1
+    run_dir.rename(aside)
+    log.warning("race --resume: %s never finished its budget; kept as %s and run again",
+                run_dir, aside.name)  # fmt: skip
+
+
 def _run_all(
-    configs: Sequence[RunConfig], out: Path, budget_s: float, progress: bool
+    configs: Sequence[tuple[str, RunConfig]],
+    out: Path,
+    budget_s: float,
+    progress: bool,
+    done: Mapping[Path, dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """Train the configs one after another under one progress bar; the per-run summaries."""
+    """Train the configs one after another under one progress bar; the per-run summaries.
+
+    Runs in ``done`` (finished before a ``--resume``) are reused as they are.
+    """
     runs = []
     bar = tqdm(total=round(len(configs) * budget_s), unit="s", desc="race", dynamic_ncols=True,
                disable=None if progress else True)  # fmt: skip
     with bar:
-        for cfg in configs:
-            name, seed = cfg.model.name, cfg.train.seed
-            bar.set_postfix_str(f"{name.rpartition(':')[2]} seed {seed}")
+        for entry, cfg in configs:
+            seed, run_dir = cfg.train.seed, out / "runs" / run_name(entry, cfg.train.seed)
+            if run_dir in done:
+                log.info("race --resume: reusing %s (its budget was spent)", run_dir)
+                bar.update(round(budget_s))
+                runs.append({**done[run_dir], "model": entry, "seed": seed})
+                continue
+            bar.set_postfix_str(f"{entry.rpartition(':')[2]} seed {seed}")
             done_before = bar.n
 
             def advance(train_s: float, base: int = done_before) -> None:
                 bar.update(max(0, min(round(train_s), round(budget_s)) + base - bar.n))
 
-            log.info("race: %s seed %d (%g min of training)", name, seed, budget_s / 60)
-            summary = train_from_config(
-                cfg, out / "runs" / run_name(name, seed), progress=False, on_progress=advance
-            )
+            log.info("race: %s seed %d (%g min of training)", entry, seed, budget_s / 60)
+            summary = train_from_config(cfg, run_dir, progress=False, on_progress=advance)
+            atomic_write_json(run_dir / RUN_RESULT, {"config": cfg.to_dict(), "summary": summary})
             advance(budget_s)  # a run that stopped early leaves its remaining budget unused
-            runs.append({"model": name, "seed": seed, **summary})
+            runs.append({**summary, "model": entry, "seed": seed})
             gc.collect()
     return runs
 
 
 def _settings(
-    cfg: RunConfig,
+    configs: Sequence[tuple[str, RunConfig]],
     models: Sequence[str],
     seeds: Sequence[int],
     device: torch.device,
     threads: int,
     started: float,
 ) -> dict[str, Any]:
+    cfg = configs[0][1]
     t, d = cfg.train, cfg.data
+    recipes = {c.train.recipe: c.train for _, c in configs}
     return {
         "models": list(models),
         "seeds": list(seeds),
@@ -158,9 +242,8 @@ def _settings(
         "val_every": t.val_every,
         "validation_counts_in_budget": False,
         "recipe": t.recipe,
-        "train": {k: getattr(t, k) for k in ("optimizer", "lr", "weight_decay", "schedule",
-                  "warmup", "loss", "early_stopping", "grad_clip", "precision",
-                  "channels_last", "cache_tiles", "batch_size", "num_workers", "split_seed")},
+        "train": _train_settings(t),
+        "recipes": {name: _train_settings(r) for name, r in recipes.items()},
         "data": {"name": d.name, "root": d.root, "scene": d.scene,
                  "val_fraction": d.val_fraction, "crop": d.crop, "options": d.options},
         "device": str(device),
@@ -172,6 +255,13 @@ def _settings(
         "wall_min": round((time.time() - started) / 60, 2),
         "load_average": list(_load_average()),
     }  # fmt: skip
+
+
+def _train_settings(t: TrainConfig) -> dict[str, Any]:
+    keys = ("optimizer", "lr", "weight_decay", "schedule", "warmup", "loss", "early_stopping",
+            "grad_clip", "precision", "channels_last", "cache_tiles", "batch_size",
+            "num_workers", "split_seed")  # fmt: skip
+    return {k: getattr(t, k) for k in keys}
 
 
 def _load_average() -> tuple[float, ...]:

@@ -172,6 +172,17 @@ def short(name: str) -> str:
     return name.rpartition(":")[2] or name
 
 
+def _recipes(settings: Mapping[str, Any]) -> str:
+    """``recipe `fast` (adamw, lr 0.002, ...)``, one such part per recipe raced."""
+    recipes = settings.get("recipes") or {settings["recipe"]: settings["train"]}
+    parts = []
+    for name, t in recipes.items():
+        stop = f", early stop {t['early_stopping']}" if t["early_stopping"] else ""
+        parts.append(f"`{name}` ({t['optimizer']}, lr {t['lr']:g}, {t['schedule']}, loss "
+                     f"{t['loss']}, {t['precision']}{stop})")  # fmt: skip
+    return ("recipe " if len(parts) == 1 else "recipes ") + " and ".join(parts)
+
+
 def race_markdown(result: Mapping[str, Any]) -> str:
     """race.md: settings, the table, per-class IoU and the verdicts."""
     s, models = result["settings"], result["models"]
@@ -191,9 +202,7 @@ def race_markdown(result: Mapping[str, Any]) -> str:
         "",
         f"{s['budget_min']:g} min of training per model and seed (validation, every "
         f"{100 * s['val_every']:g}% of the budget, is NOT counted in the budget), seeds "
-        f"{', '.join(map(str, s['seeds']))}, recipe `{s['recipe']}` ({s['train']['optimizer']}, "
-        f"lr {s['train']['lr']:g}, {s['train']['schedule']}, loss {s['train']['loss']}, "
-        f"{s['train']['precision']}), batch {s['train']['batch_size']}, crop "
+        f"{', '.join(map(str, s['seeds']))}, {_recipes(s)}, batch {s['train']['batch_size']}, crop "
         f"{s['data']['crop']}, {s['data']['name']} {s['data']['scene'] or ''} val_fraction "
         f"{s['data']['val_fraction']} (split seed {s['train']['split_seed']}); {s['device']}, "
         f"{s['threads']} thread(s), {s['cpu']}, torch {s['torch']}, load average at the end "
