@@ -98,6 +98,11 @@ def test_summary_times_the_reference_and_judges_the_spread():
     assert slow["reached_reference"] == "1/2"
     assert fast["time_ratio"] == pytest.approx(45 / 60)  # slow's seed 1 got there at 60 s
     assert "beyond the seed spread" in result["verdicts"][-1]
+    # Every entry against every other: only fast's seed 1 reaches its mean final 0.31...
+    assert fast["time_to"]["fast"] == {"time_s": 60, "ratio": 1.0, "reached": "1/2"}
+    # ...and slow never reaches fast's final mIoU.
+    assert slow["time_to"]["fast"]["time_s"] is None and slow["time_to"]["fast"]["reached"] == "0/2"
+    assert fast["time_to"]["slow"]["time_s"] == fast["time_to_reference_s"]
     assert time_to([[10, 0.1], [20, 0.3]], 0.2) == 20 and time_to([[10, 0.1]], 0.2) is None
 
 

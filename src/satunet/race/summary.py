@@ -114,6 +114,8 @@ def summarize_race(
         agg["reached_reference"] = f"{sum(t is not None for t in times)}/{len(times)}"
         t = agg["time_to_reference_s"]
         agg["time_ratio"] = t / ref_time if t is not None and ref_time else None
+    for m, row in time_matrix(facts, per_model).items():
+        per_model[m]["time_to"] = row
     classes = next((r["best"]["classes"] for r in runs if r.get("best")), None)
     return {
         "reference": reference,
@@ -123,6 +125,30 @@ def summarize_race(
         "verdicts": verdicts(per_model, len(seeds)),
         "runs": facts,
     }
+
+
+def time_matrix(
+    facts: Sequence[Mapping[str, Any]], per_model: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """[model][target]: training seconds for ``model`` to reach ``target``'s mean final mIoU.
+
+    Every entry against every other: a recipe race reads "fast reaches study's final mIoU in
+    x of study's time" off the same table as a model race. ``ratio`` divides by the time
+    ``target`` itself needed to first reach its mean final mIoU (over its seeds).
+    """
+    matrix: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in per_model}
+    for target, agg in per_model.items():
+        miou = agg["final_miou_mean"]
+        own = _mean([time_to(f["curve"], miou) for f in facts if f["model"] == target])
+        for m in per_model:
+            times = [time_to(f["curve"], miou) for f in facts if f["model"] == m]
+            t = _mean(times)
+            matrix[m][target] = {
+                "time_s": t,
+                "ratio": t / own if t is not None and own else None,
+                "reached": f"{sum(x is not None for x in times)}/{len(times)}",
+            }
+    return matrix
 
 
 def verdicts(per_model: Mapping[str, Mapping[str, Any]], n_seeds: int) -> list[str]:
@@ -183,6 +209,19 @@ def _recipes(settings: Mapping[str, Any]) -> str:
     return ("recipe " if len(parts) == 1 else "recipes ") + " and ".join(parts)
 
 
+def _matrix_table(models: Mapping[str, Mapping[str, Any]]) -> str:
+    head = ["model", *(f"to {short(t)}'s {fmt(a['final_miou_mean'])}" for t, a in models.items())]
+    rows = []
+    for m, agg in models.items():
+        cells = []
+        for cell in (agg.get("time_to") or {}).values():
+            t, ratio = cell["time_s"], cell["ratio"]
+            text = _minutes(t) + (f" ({ratio:.2f}x)" if ratio is not None else "")
+            cells.append(text + ("" if t is None else f" {cell['reached']}"))
+        rows.append([short(m), *cells])
+    return markdown_table(head, rows)
+
+
 def race_markdown(result: Mapping[str, Any]) -> str:
     """race.md: settings, the table, per-class IoU and the verdicts."""
     s, models = result["settings"], result["models"]
@@ -215,6 +254,11 @@ def race_markdown(result: Mapping[str, Any]) -> str:
         "first validation point at or above its mean final mIoU.",
         "",
         markdown_table(["model", *classes], class_rows),
+        "",
+        "Minutes of training to reach each entry's mean final mIoU (in brackets: x that "
+        "entry's own time to it; seeds that got there):",
+        "",
+        _matrix_table(models),
         "",
         *(f"- {v}" for v in result["verdicts"]),
         "",
