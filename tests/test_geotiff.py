@@ -10,7 +10,7 @@ import rasterio
 from PIL import Image
 
 from fakes import make_geotiff
-from satunet.data.geotiff import RasterWriter, expand_inputs, open_scene
+from satunet.data.geotiff import BlockRows, RasterWriter, expand_inputs, open_scene
 from satunet.errors import DataError, InputNotFoundError
 from satunet.infer import scale_pixels
 
@@ -108,6 +108,54 @@ def test_writer_copies_profile_and_is_atomic(tmp_path: Path) -> None:
     aborted.write(mask[:, :10], 0)
     aborted.abort()
     assert sorted(p.name for p in out.parent.iterdir()) == ["mask.tif"]
+
+
+def test_writer_hands_gdal_whole_block_rows(tmp_path: Path, monkeypatch) -> None:
+    # 32-row pieces into 64-row tiles: GDAL must see each row of tiles once, whole (a tile
+    # written in pieces is compressed again per piece, and the file grows with dead blocks)
+    src = make_geotiff(tmp_path / "s.tif", height=300, width=260)
+    with rasterio.open(src) as s:
+        profile = s.profile | {"tiled": True, "blockxsize": 128, "blockysize": 64}
+        with rasterio.open(tmp_path / "tiled.tif", "w", **profile) as d:
+            d.write(s.read())
+    with open_scene(tmp_path / "tiled.tif") as scene:
+        info = scene.info
+    writes: list[tuple[int, int]] = []
+    real = RasterWriter._write
+
+    def spy(self, rows: np.ndarray, row0: int) -> None:
+        writes.append((row0, rows.shape[1]))
+        real(self, rows, row0)
+
+    monkeypatch.setattr(RasterWriter, "_write", spy)
+    probs = np.random.default_rng(1).integers(0, 255, (3, 300, 260), dtype=np.uint8)
+    writer = RasterWriter(tmp_path / "p.tif", info, count=3, nodata=255)
+    for r0 in range(0, 300, 32):
+        writer.write(probs[:, r0 : r0 + 32], r0)
+    writer.commit()
+    assert writes == [(0, 64), (64, 64), (128, 64), (192, 64), (256, 44)]
+    with rasterio.open(tmp_path / "p.tif") as d:
+        np.testing.assert_array_equal(d.read(), probs)
+
+
+def test_block_rows_never_lose_rows_out_of_order() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(100):
+        height, block = int(rng.integers(1, 90)), int(rng.integers(2, 20))
+        full = rng.integers(0, 255, (2, height, 3), dtype=np.uint8)
+        cuts = sorted({0, height, *rng.integers(0, height, 6).tolist()})
+        pieces = list(zip(cuts[:-1], cuts[1:], strict=True))
+        if trial % 2:
+            rng.shuffle(pieces)
+        out = np.zeros_like(full)
+        rows = BlockRows(2, block, 3, height)
+        ready = [part for a, b in pieces for part in rows.add(full[:, a:b], a)] + rows.flush()
+        for part, row0 in ready:
+            out[:, row0 : row0 + part.shape[1]] = part
+        np.testing.assert_array_equal(out, full)
+        if not trial % 2:  # in order: whole block rows only, the last one cut by the scene
+            assert all(r % block == 0 and (n == block or r + n == height)
+                       for r, n in ((r, p.shape[1]) for p, r in ready))  # fmt: skip
 
 
 def test_expand_inputs(tmp_path: Path) -> None:

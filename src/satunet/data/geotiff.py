@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from satunet import files
+from satunet.data.blockrows import WRITE_BUFFER_MAX_BYTES, BlockRows
 from satunet.errors import DataError, InputNotFoundError, OutputError
 
 log = logging.getLogger(__name__)
@@ -319,8 +320,9 @@ class RasterStyle:
 class RasterWriter:
     """Writes a (count, H, W) uint8 raster by row bands, to a temporary name until :meth:`commit`.
 
-    TIFF outputs are GeoTIFFs with the source's CRS, transform and tiling (deflate-compressed),
-    turned into a Cloud-Optimized GeoTIFF on commit when ``cog``, styled by ``style``; other
+    TIFF outputs are GeoTIFFs with the source's CRS, transform and tiling (deflate-compressed;
+    rows are handed to GDAL in whole rows of tiles, see :mod:`satunet.data.blockrows`), turned
+    into a Cloud-Optimized GeoTIFF on commit when ``cog``, styled by ``style``; other
     outputs are PNGs built in memory (their inputs were whole in memory too).
     """
 
@@ -341,6 +343,7 @@ class RasterWriter:
         self._tmp = temporary_name(self.path)
         self._dataset: Any = None
         self._array: np.ndarray | None = None
+        self._rows: BlockRows | None = None  # rows gathered into whole block rows
         if not self.tiff:
             self._array = np.zeros((count, like.height, like.width), dtype=np.uint8)
             return
@@ -375,12 +378,22 @@ class RasterWriter:
         except Exception as e:  # noqa: BLE001 - GDAL create errors; re-raised with the path
             self.abort()
             raise OutputError(f"cannot create {self._tmp}: {e}; check --out") from e
+        block_rows = self._dataset.block_shapes[0][0]
+        if 1 < block_rows and count * block_rows * like.width <= WRITE_BUFFER_MAX_BYTES:
+            self._rows = BlockRows(count, block_rows, like.width, like.height)
 
     def write(self, rows: np.ndarray, row0: int) -> None:
         """Write ``rows`` (count, n, width) uint8 at scene row ``row0``."""
         if self._array is not None:
             self._array[:, row0 : row0 + rows.shape[1]] = rows
             return
+        if self._rows is None:
+            self._write(rows, row0)
+            return
+        for ready, start in self._rows.add(rows, row0):
+            self._write(ready, start)
+
+    def _write(self, rows: np.ndarray, row0: int) -> None:
         from rasterio.windows import Window
 
         window = Window(0, row0, self.width, rows.shape[1])
@@ -398,6 +411,9 @@ class RasterWriter:
                 array = self._array[0] if self.count == 1 else self._array.transpose(1, 2, 0)
                 Image.fromarray(array).save(self._tmp, format="PNG")
             else:
+                for ready, start in self._rows.flush() if self._rows is not None else ():
+                    self._write(ready, start)
+                self._rows = None
                 self._dataset.close()
                 self._dataset = None
                 if self.cog:
@@ -434,6 +450,7 @@ class RasterWriter:
                 self._dataset.close()
             self._dataset = None
         self._array = None
+        self._rows = None
         self._tmp.unlink(missing_ok=True)
 
 
