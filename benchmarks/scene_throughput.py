@@ -15,7 +15,9 @@ pixels grow 16x. Prints a Markdown table for the README.
         --backend openvino,onnx --precision int8
 
 With ``--backend``/``--precision`` other than torch fp32, eager torch fp32 is measured too (the
-first row, same scenes, same run) and every row gets its speed-up against it. ``--precision
+first row, same scenes, same run) and every row gets its speed-up against it; ``--no-eager``
+skips that row (flat memory on a large scene, int8 only:
+``--sizes 20000 --backend openvino,onnx --precision int8 --int8 FILE --no-eager``). ``--precision
 int8`` is the QDQ file `satunet.quantize` writes (``--int8 FILE`` to reuse one); it needs
 ``--loveda`` (calibration tiles). Rows run one after another; wall time includes process start.
 
@@ -125,9 +127,10 @@ def run_predict(command: list[str]) -> tuple[float, int, str]:
     return wall, usage.ru_maxrss * 1024, text  # ru_maxrss is in KiB on Linux
 
 
-def variants(backends: str, precisions: str) -> list[tuple[str, str]]:
-    """(backend, precision) rows: eager torch fp32 first, then every other pair asked for."""
-    rows = [("torch", "fp32")]
+def variants(backends: str, precisions: str, eager: bool = True) -> list[tuple[str, str]]:
+    """(backend, precision) rows: eager torch fp32 first (unless not ``eager``), then every
+    other pair asked for."""
+    rows = [("torch", "fp32")] if eager else []
     for backend in backends.split(","):
         for precision in precisions.split(","):
             if (backend, precision) not in rows:
@@ -172,6 +175,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--int8", type=Path, help="an int8 .onnx from `satunet quantize`")
     parser.add_argument("--loveda", type=Path, help="LoveDA root: real-image mosaic scenes")
     parser.add_argument("--profile", action="store_true", help="print predict's --profile lines")
+    parser.add_argument(
+        "--no-eager", action="store_true",
+        help="skip the eager torch fp32 row (e.g. int8 rows only on a 20000x20000 scene); "
+        "the speed-up column is then empty",
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=None, help="where scenes are written")
     parser.add_argument("--keep", action="store_true", help="keep the generated scenes")
     return parser.parse_args()
@@ -196,7 +204,9 @@ def main() -> int:
     args = parse_args()
     import torch
 
-    rows_wanted = variants(args.backend, args.precision)
+    rows_wanted = variants(args.backend, args.precision, eager=not args.no_eager)
+    if not rows_wanted:
+        raise SystemExit("--no-eager leaves no rows: pass a --backend/--precision to measure")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="satunet-scenes-"))
     work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
@@ -251,7 +261,8 @@ def print_table(args, rows, torch, load, after) -> None:
     for size, name, mp, wall, seconds, mpx, km2, rss in rows:
         print(
             f"| {size} | {name} | {mp:.1f} | {seconds:.1f} | {wall:.1f} | {mpx:.2f} | "
-            f"{base[size] / wall:.2f}x | {km2:.2f} | {rss / 2**20:.0f} |"
+            f"{f'{base[size] / wall:.2f}x' if size in base else '-'} | {km2:.2f} | "
+            f"{rss / 2**20:.0f} |"
         )
 
 

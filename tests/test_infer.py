@@ -34,6 +34,7 @@ from satunet.infer import (
     predict_scene,
     validate_loveda_submission,
 )
+from satunet.infer.engine import add_tiles, argmax_classes
 from satunet.models import Level, UNet
 
 
@@ -501,3 +502,35 @@ def test_predict_refuses_an_out_folder_holding_its_inputs(
     assert scene.read_bytes() == before and sorted(p.name for p in scenes.iterdir()) == ["a.tif"]
     with pytest.raises(OutputError, match="holds the input"):
         predict_scene(_predictor(PixelModel()), scene, scenes)
+
+
+def test_argmax_classes_is_numpys_argmax_ties_and_nan_included() -> None:
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 3, 7, 12):
+        many_ties = rng.integers(-2, 3, (k, 17, 33)).astype(np.float32)
+        normal = rng.standard_normal((k, 9, 11)).astype(np.float32)
+        normal[:, 0, 0], normal[0, 1, 1] = np.inf, -np.inf
+        nan = normal.copy()
+        nan[rng.integers(0, k), 2, 3] = np.nan
+        for logits in (many_ties, normal, nan, many_ties[:, ::2, 1:], many_ties[::-1]):
+            expected = logits.argmax(0).astype(np.uint8)
+            got = argmax_classes(logits)
+            assert got.dtype == np.uint8
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_add_tiles_weights_each_tile_by_its_window() -> None:
+    from satunet.data.tiling import plan_bands
+    from satunet.infer.engine import BlendWeights
+
+    plan = plan_bands(200, 300, 128, 32)
+    weights = BlendWeights(plan, 32, "cosine", plan.buffer_shape(3)[1])
+    band = plan.bands[0]
+    tiles = [(r, c) for r in band for c in plan.col_origins]
+    logits = np.random.default_rng(0).standard_normal((len(tiles), 3, 128, 128), np.float32)
+    acc = np.zeros(plan.buffer_shape(3), dtype=np.float32)
+    expected = acc.copy()
+    for (r, c), tile in zip(tiles, logits, strict=True):
+        expected[:, r : r + 128, c : c + 128] += tile * weights.window(r, c)
+    add_tiles(acc, logits.copy(), tiles, band[0], weights)
+    np.testing.assert_array_equal(acc, expected)
