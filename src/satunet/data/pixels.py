@@ -45,12 +45,13 @@ def scale_pixels(
 
     Shape: (C, H, W) or (B, C, H, W).
     """
-    x = np.asarray(raw, dtype=np.float32) / np.float32(pixel_scale(raw.dtype, scale, where))
+    # One float32 copy, then in place: a scene band is normalised without two temporaries.
+    x = np.array(raw, dtype=np.float32, copy=True)
+    x /= np.float32(pixel_scale(raw.dtype, scale, where))
     if normalization:
         shape = (-1, 1, 1)  # per band, for (C, H, W) images and (B, C, H, W) batches
-        mean = np.asarray(normalization["mean"], dtype=np.float32).reshape(shape)
-        std = np.asarray(normalization["std"], dtype=np.float32).reshape(shape)
-        x = (x - mean) / std
+        x -= np.asarray(normalization["mean"], dtype=np.float32).reshape(shape)
+        x /= np.asarray(normalization["std"], dtype=np.float32).reshape(shape)
     return x
 
 
