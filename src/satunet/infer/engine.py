@@ -10,19 +10,22 @@ that tile's prediction. Windows smaller than the model's ``size_multiple`` are p
 The scene streams in row *bands* (see :func:`satunet.data.tiling.plan_bands`): read the band's
 rows, predict its tiles in batches, blend into a band-sized accumulator, write the rows that no
 later tile touches, shift the rest up. Three things run beside the main thread
-(:mod:`satunet.infer.pipeline`): a reader thread reads *and normalises* the next band (the pixel
-rule once per band, not per overlapping tile), the model runs ``in_flight`` batches ahead (the
-predictor's async ``map`` for OpenVINO, else a model thread), and a writer thread encodes
-finished rows. The main thread only cuts tiles from the band, multiply-adds the logits into the
-accumulator (numpy, in place) and argmaxes finished rows. The blend windows are separable and
+(:mod:`satunet.infer.pipeline`): a reader thread reads the next band, the model runs
+``in_flight`` batches ahead (the predictor's async ``map`` for OpenVINO, else a model thread),
+and a writer thread encodes finished rows. The main thread cuts tiles from the raw band and
+applies the pixel rule to each batch (bands stay in their file type, uint8 mostly: normalising
+a whole band would hold three float32 copies of it, 4x the memory, to save the ~30% of the
+normalising that overlapping tiles repeat), multiply-adds the logits into the accumulator
+(numpy, in place) and argmaxes finished rows. The blend windows are separable and
 the tiles form a grid, so the summed weights are an outer product of two 1-D sums (no 2-D
 weight buffer). With W the scene width, C input bands, K classes, b the band height (``tile``,
 or ``tile + (n - 1) * (tile - overlap)`` when n tile rows are needed to fill a batch on a
 narrow scene), B the batch size and T the tile, peak memory is about
 
     4*K*b*W                 the accumulator: float32 weighted logits, (K, b, W)
-  + 3*4*C*b*W               normalised float32 input rows: the band being cut, the next one
-                            (prefetched) and the raw rows of the one being read
+  + 3*D*C*b*W               raw input rows (D bytes per sample, 1 for uint8): the band being
+                            cut, the next one (prefetched) and the one being read
+  + 4*C*B*T*T               the batch being normalised
   + 4*(K+1)*32*W            one 32-row chunk of finished rows being argmax'ed
   + 16*(1 + P*K)*32*W       finished uint8 chunks queued for the writer (P = 1 with probabilities)
   + (1 + P*K)*R*W           the writers' rows of output tiles being gathered (R: the tile height
@@ -156,17 +159,6 @@ class BlendWeights:
         self.row[keep:] = 0
 
 
-def scaled_rows(read: ReadRows, info: ModelInfo) -> ReadRows:
-    """``read`` whose rows come back as the model's float32 input (the pixel rule, once per band:
-    overlapping tiles share the work, and it runs in the reader thread)."""
-
-    def wrapped(row0: int, row1: int) -> tuple[np.ndarray, np.ndarray | None]:
-        raw, nodata = read(row0, row1)
-        return scale_pixels(raw, info.scale, info.normalization), nodata
-
-    return wrapped
-
-
 # One batch of one band: (band index, its tiles' origins, the band's no-data mask on its last
 # batch, last batch of the band?).
 BatchTicket = tuple[int, list[tuple[int, int]], np.ndarray | None, bool]
@@ -188,7 +180,10 @@ def band_batches(
         for k in range(0, len(tiles), batch_size):
             group = tiles[k : k + batch_size]
             with timed(times, "prepare"):
+                # Bands stay raw (uint8: a quarter of float32's memory, x3 bands held at once
+                # on a wide scene); the pixel rule runs per batch, on the model's input only.
                 batch = np.stack([x[:, r - top : r - top + th, c : c + tw] for r, c in group])
+                batch = scale_pixels(batch, info.scale, info.normalization)
                 batch = pad_to_multiple(batch, info.size_multiple)
             last = k + batch_size >= len(tiles)
             tickets.append((i, group, nodata if last else None, last))
@@ -310,7 +305,7 @@ def run_bands(
     bar = tqdm(total=total, unit="tile", disable=None if progress else True, leave=False)
     tickets: deque[BatchTicket] = deque()
     current = -1
-    with prefetch(scaled_rows(finite_rows(read), info), spans, times) as inputs, bar:
+    with prefetch(finite_rows(read), spans, times) as inputs, bar:
         batches = band_batches(plan, inputs, info, batch_size, tickets, times)
         for logits in predict_ahead(predictor, batches, max(1, in_flight), times):
             i, tiles, nodata, last = tickets.popleft()
