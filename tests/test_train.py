@@ -35,6 +35,7 @@ from satunet.train import (
     cpu_has_bf16,
     fit,
     fit_budget,
+    load_recipe_config,
     make_loaders,
     resolve_device,
     scheduled_lr,
@@ -602,6 +603,27 @@ def test_fast_recipe_uses_bf16_only_where_the_cpu_has_it():
     assert apply_recipe(TrainConfig(), "fast", torch.device("cpu"), mixed=False).precision == "fp32"
     with pytest.raises(UnknownNameError, match="recipe"):
         apply_recipe(TrainConfig(), "fastest", torch.device("cpu"))
+
+
+def test_train_recipe_sets_its_values_beneath_the_config(tmp_path: Path):
+    study = load_recipe_config(None, ["data.root=x"])
+    assert (study.train.recipe, study.train.optimizer, study.train.schedule) == (
+        "study", "adam", "plateau"
+    )  # fmt: skip
+    # Naming the recipe in the config trains it (not only a label), and explicit keys win.
+    toml = tmp_path / "run.toml"
+    toml.write_text('[train]\nrecipe = "fast"\nlr = 5e-4\n')
+    fast = load_recipe_config(toml, ["train.epochs=3"])
+    assert (fast.train.optimizer, fast.train.schedule, fast.train.loss) == (
+        "adamw", "cosine", "jaccard+ce"
+    )  # fmt: skip
+    assert fast.train.lr == 5e-4 and fast.train.epochs == 3 and fast.train.cache_tiles
+    flagged = load_recipe_config(None, ["train.precision=fp32"], recipe="fast")
+    assert flagged.train.optimizer == "adamw" and flagged.train.precision == "fp32"
+    with pytest.raises(ConfigError, match="give one"):
+        load_recipe_config(None, ['train.recipe="fast"'], recipe="study")
+    with pytest.raises(UnknownNameError, match="recipe"):
+        load_recipe_config(None, ['train.recipe="fastest"'])
 
 
 def test_cached_samples_are_the_dataset_samples(loveda_root: Path):

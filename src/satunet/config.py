@@ -6,6 +6,7 @@ resolved config is saved as ``config.toml`` in every run directory, so what ran 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -304,12 +305,15 @@ def check_normalization(values: dict[str, Any], where: str) -> None:
         )
 
 
-def load_config(path: PathLike | None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(
+    path: PathLike | None, overrides: list[str] | None = None, *, base: RunConfig | None = None
+) -> RunConfig:
     """Read a TOML config (or start from the defaults) and apply ``section.key=value`` overrides.
 
-    Unknown sections and keys are errors with a suggestion, never silently ignored.
+    ``base`` replaces the defaults beneath the file and the overrides (a training recipe's
+    values). Unknown sections and keys are errors with a suggestion, never silently ignored.
     """
-    cfg = RunConfig()
+    cfg = copy.deepcopy(base) if base is not None else RunConfig()
     if path is not None:
         path = Path(path)
         if not path.is_file():

@@ -15,7 +15,13 @@ from satunet.train.budget import fit_budget, validation_marks
 from satunet.train.cache import CachedSamples
 from satunet.train.from_config import load_run_config, model_info, train_from_config
 from satunet.train.loop import fit, train_epoch
-from satunet.train.recipes import RECIPES, apply_recipe, cpu_has_bf16, scheduled_lr
+from satunet.train.recipes import (
+    RECIPES,
+    apply_recipe,
+    cpu_has_bf16,
+    load_recipe_config,
+    scheduled_lr,
+)
 from satunet.train.rundir import RUN_FILES, check_new_run_dir
 from satunet.train.state import RESUME_FIXED, RESUME_FREE, TrainState, check_resume
 
@@ -37,6 +43,7 @@ __all__ = [
     "fit",
     "fit_budget",
     "init_distributed",
+    "load_recipe_config",
     "load_run_config",
     "make_loaders",
     "model_info",

@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
-from satunet.config import TrainConfig
+from satunet.config import RunConfig, TrainConfig, load_config
 from satunet.errors import ConfigError, UnknownNameError
+from satunet.files import PathLike
 
 # The study's recipe (seed spec, Table 1): Adam 1e-3 with weight decay 1e-3, ReduceLROnPlateau
 # (patience 2, factor 0.5) on the validation loss, the Jaccard loss, early stopping after 5
@@ -105,6 +106,30 @@ def apply_recipe(
             precision, channels_last = "bf16", True
         values |= {"precision": precision, "channels_last": channels_last}
     return dataclasses.replace(cfg, recipe=name, **values)
+
+
+def load_recipe_config(
+    path: PathLike | None, overrides: list[str] | None = None, recipe: str | None = None
+) -> RunConfig:
+    """:func:`~satunet.config.load_config` with a recipe's values beneath the file and overrides.
+
+    ``recipe`` (``satunet train --recipe``) or else the config's own ``train.recipe`` picks the
+    recipe, so ``train.recipe = "fast"`` in a file trains the fast recipe instead of only
+    naming it. Keys the file or ``--set`` give explicitly win over the recipe's.
+    """
+    cfg = load_config(path, overrides)
+    name = recipe or cfg.train.recipe
+    if recipe is not None and cfg.train.recipe not in ("study", recipe):
+        raise ConfigError(
+            f"--recipe {recipe}, but the config sets train.recipe={cfg.train.recipe!r}: give one"
+        )
+    if name not in RECIPES:
+        raise UnknownNameError("train.recipe", name, RECIPES)
+    from satunet.runtime import resolve_device
+
+    device = resolve_device(cfg.train.device, "fp32")
+    base = RunConfig(train=apply_recipe(TrainConfig(), name, device))
+    return load_config(path, overrides, base=base)
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
