@@ -624,6 +624,13 @@ def test_train_recipe_sets_its_values_beneath_the_config(tmp_path: Path):
         load_recipe_config(None, ['train.recipe="fast"'], recipe="study")
     with pytest.raises(UnknownNameError, match="recipe"):
         load_recipe_config(None, ['train.recipe="fastest"'])
+    # satunet's own presets train with the recipe the race measured faster; the study's keep
+    # the study's, and an explicit choice always wins.
+    assert load_recipe_config(None, ['model.name="unet_fast"']).train.recipe == "fast"
+    assert load_recipe_config(None, ['model.name="unet_skinny"']).train.recipe == "study"
+    explicit = load_recipe_config(None, ['model.name="unet_fast"', 'train.recipe="study"'])
+    assert (explicit.train.recipe, explicit.train.optimizer) == ("study", "adam")
+    assert load_recipe_config(None, ['model.name="unet_fast"'], "study").train.recipe == "study"
 
 
 def test_cached_samples_are_the_dataset_samples(loveda_root: Path):

@@ -17,8 +17,9 @@ EXAMPLE = """examples:
 
 The run directory gets config.toml (resolved), metrics.jsonl (one line per epoch), last.pt
 (every epoch), best.pt (best validation mIoU), curves.png, predictions.png, scores.json and
-scores.md. Defaults are the study's Table 1: Adam lr 1e-3, weight decay 1e-3, plateau LR
-(patience 2, factor 0.5), early stopping 5, 50 epochs, batch 8, Jaccard loss.
+scores.md. The recipe (--recipe) is the study's Table 1 (Adam lr 1e-3, weight decay 1e-3,
+plateau LR (patience 2, factor 0.5), early stopping 5, 50 epochs, batch 8, Jaccard loss) for the
+study's models and baselines, and `fast` for satunet's own presets (unet_fast, unet_v2).
 """
 
 # Plain flags: sugar for --set overrides, applied before the explicit --set ones.
@@ -66,10 +67,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a model into a run directory (resumable; DDP under torchrun)",
-        description="Train a segmentation model with the study's recipe (fixed: averaged "
-        "gradient accumulation, best checkpoint kept, deterministic validation, standard "
-        "mIoU). Settings come from a flat TOML config (-c), plain flags, and --set "
-        "section.key=value overrides, in that order.",
+        description="Train a segmentation model with the study's recipe or satunet's fast "
+        "one (fixed: averaged gradient accumulation, best checkpoint kept, deterministic "
+        "validation, standard mIoU). Settings come from a flat TOML config (-c), plain "
+        "flags, and --set section.key=value overrides, in that order.",
         epilog=EXAMPLE + "\n" + config_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -103,9 +104,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="default fp32")
     p.add_argument("--seed", type=int, help="seed of init, shuffling, augmentation and split")
     p.add_argument("--recipe", choices=("study", "fast"),
-                   help="study: the study's Table 1 (the default); fast: AdamW + warm-up + "
-                   "cosine, Jaccard + CE, bf16 + channels_last where the CPU has bf16, tiles "
-                   "cached (see `satunet race`). Config keys and --set win over it")  # fmt: skip
+                   help="study: the study's Table 1; fast: AdamW + warm-up + cosine, Jaccard "
+                   "+ CE, bf16 + channels_last where the CPU has bf16, tiles cached (see "
+                   "`satunet race`). Default: fast for satunet's presets (unet_fast, unet_v2), "
+                   "study for the rest. Config keys and --set win over it")  # fmt: skip
     p.add_argument(
         "--log",
         choices=("none", "tensorboard", "mlflow"),

@@ -20,6 +20,7 @@ import torch
 from satunet.config import RunConfig, TrainConfig, load_config
 from satunet.errors import ConfigError, UnknownNameError
 from satunet.files import PathLike
+from satunet.models.unet import PRESETS
 
 # The study's recipe (seed spec, Table 1): Adam 1e-3 with weight decay 1e-3, ReduceLROnPlateau
 # (patience 2, factor 0.5) on the validation loss, the Jaccard loss, early stopping after 5
@@ -108,21 +109,30 @@ def apply_recipe(
     return dataclasses.replace(cfg, recipe=name, **values)
 
 
+def default_recipe(model: str) -> str:
+    """The recipe a model trains with unless told: its preset's (``fast`` for satunet's own
+    presets, found faster by ``satunet race``), else the study's."""
+    preset = PRESETS.get(model)
+    return preset.recipe if preset is not None else "study"
+
+
 def load_recipe_config(
     path: PathLike | None, overrides: list[str] | None = None, recipe: str | None = None
 ) -> RunConfig:
     """:func:`~satunet.config.load_config` with a recipe's values beneath the file and overrides.
 
-    ``recipe`` (``satunet train --recipe``) or else the config's own ``train.recipe`` picks the
-    recipe, so ``train.recipe = "fast"`` in a file trains the fast recipe instead of only
-    naming it. Keys the file or ``--set`` give explicitly win over the recipe's.
+    ``recipe`` (``satunet train --recipe``), else the config's own ``train.recipe``, else the
+    model's :func:`default_recipe` picks it, so ``train.recipe = "fast"`` in a file trains the
+    fast recipe instead of only naming it. Keys the file or ``--set`` give win over the recipe's.
     """
-    cfg = load_config(path, overrides)
-    name = recipe or cfg.train.recipe
-    if recipe is not None and cfg.train.recipe not in ("study", recipe):
+    # An empty name tells "the config named no recipe" from an explicit "study".
+    cfg = load_config(path, overrides, base=RunConfig(train=TrainConfig(recipe="")))
+    given = cfg.train.recipe or None
+    if recipe is not None and given not in (None, recipe):
         raise ConfigError(
-            f"--recipe {recipe}, but the config sets train.recipe={cfg.train.recipe!r}: give one"
+            f"--recipe {recipe}, but the config sets train.recipe={given!r}: give one"
         )
+    name = recipe or given or default_recipe(cfg.model.name)
     if name not in RECIPES:
         raise UnknownNameError("train.recipe", name, RECIPES)
     from satunet.runtime import resolve_device
