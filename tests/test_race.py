@@ -9,6 +9,7 @@ from fakes import make_loveda
 from satunet.cli import main
 from satunet.errors import ConfigError
 from satunet.race import race, summarize_race, time_to, verdicts
+from satunet.race.summary import time_to_stay
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,6 +105,10 @@ def test_summary_times_the_reference_and_judges_the_spread():
     assert slow["time_to"]["fast"]["time_s"] is None and slow["time_to"]["fast"]["reached"] == "0/2"
     assert fast["time_to"]["slow"]["time_s"] == fast["time_to_reference_s"]
     assert time_to([[10, 0.1], [20, 0.3]], 0.2) == 20 and time_to([[10, 0.1]], 0.2) is None
+    # A lucky early point does not count as staying above: only the crossing that holds.
+    assert time_to_stay([[10, 0.3], [20, 0.1], [30, 0.25], [40, 0.3]], 0.2) == 30
+    assert time_to_stay([[10, 0.3], [20, 0.1]], 0.2) is None
+    assert fast["time_to_stay_s"] == 45 and slow["time_to_stay_s"] == 60  # seeds that hold
 
 
 def test_verdicts_say_when_differences_are_within_the_spread():
