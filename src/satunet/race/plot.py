@@ -40,7 +40,8 @@ def plot_race(result: Mapping[str, Any], path: Path) -> Path:
     ax.set_ylim(bottom=0)
     seeds = ", ".join(map(str, s["seeds"]))
     ax.set_title(
-        f"satunet race: {s['budget_min']:g} min per model, recipe "
+        f"satunet race: {s['budget_min']:g} min per model, recipe"
+        f"{'s' if len(s.get('recipes') or [1]) > 1 else ''} "
         f"{', '.join(s.get('recipes') or [s['recipe']])}, "
         f"seed{'s' if len(s['seeds']) > 1 else ''} {seeds}"
         + (" (band: min-max over seeds)" if len(s["seeds"]) > 1 else ""),
