@@ -25,11 +25,11 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from int8_throughput import measure  # the same interleaved rounds
 
 CHECKPOINT = Path("runs/race-3min/runs/unet_fast-seed0/best.pt")
 INT8_ONNX = Path("runs/fast.int8.onnx")
@@ -64,19 +64,6 @@ def build_variants(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any]
         f"openvino fp32{streams}": OpenVinoPredictor(fp32, info=info, streams=args.ov_streams),
     }  # fmt: skip
     return variants, info, gop
-
-
-def measure(variants: dict[str, Any], x: np.ndarray, rounds: int) -> dict[str, list[float]]:
-    """Seconds per batch of every variant, rounds interleaved (after one warm-up each)."""
-    for predictor in variants.values():
-        predictor(x)
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, predictor in variants.items():
-            start = time.perf_counter()
-            predictor(x)
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def rows(times: dict[str, list[float]], x: np.ndarray, gop: float, best: dict) -> list[dict]:
