@@ -128,6 +128,7 @@ OPTIONS = [
     {"skip": "add"},
     {"skip": "sdi"},
     {"skip": "sdi", "sdi_channels": 4, "conv": "separable"},
+    {"skip": "sdi", "sdi_init": "identity"},
     {"context": "ppm"},
     {"context": "aspp", "conv": "separable"},
     {"stem_stride": 2},
@@ -190,12 +191,32 @@ def test_sdi_skip_mixes_every_level():
     assert not torch.allclose(fused[0], changed[0])  # the deep level reaches the top skip
 
 
+def _kurtosis(x: torch.Tensor) -> float:
+    centred = x.flatten() - x.mean()
+    return float((centred**4).mean() / centred.var() ** 2)
+
+
+def test_sdi_identity_init_starts_the_product_near_a_sum():
+    # unet_v2's slow start: a product of four unit-variance factors is spiky at init
+    # (kurtosis ~100, a Gaussian's is 3); started near 1, it is close to Gaussian.
+    levels = (Level(8, 1), Level(16, 1), Level(16, 1), Level(16, 1), Level(16, 1))
+    skips = [torch.randn(2, c, 32 // 2**i, 32 // 2**i) for i, c in enumerate((8, 16, 16, 16))]
+    kurtosis = {}
+    for init in ("product", "identity"):
+        torch.manual_seed(0)
+        sdi = UNet(levels, num_classes=3, skip="sdi", sdi_init=init).sdi.train()
+        kurtosis[init] = _kurtosis(sdi(skips)[0].detach())
+    assert kurtosis["product"] > 20
+    assert kurtosis["identity"] < 5
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [
         ({"upsample": "nearest"}, "upsample must be one of"),
         ({"skip": "sum"}, "skip must be one of"),
         ({"context": "psp"}, "context must be one of"),
+        ({"skip": "sdi", "sdi_init": "zero"}, "sdi_init must be one of"),
         ({"stem_stride": 3}, "stem_stride must be 1, 2 or 4"),
         ({"groups": 3}, "groups=3 must divide"),
     ],

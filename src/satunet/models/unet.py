@@ -20,6 +20,7 @@ from satunet.models.blocks import (
     Conv,
     ConvBlock,
     Down,
+    SdiInit,
     Skip,
     Up,
     Upsample,
@@ -194,7 +195,7 @@ def _check_design(
             f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}"
         )
     for name, literal in (("upsample", Upsample), ("conv", Conv), ("skip", Skip),
-                          ("context", Context)):  # fmt: skip
+                          ("context", Context), ("sdi_init", SdiInit)):  # fmt: skip
         _choice(name, options[name], literal)
     if options["stem_stride"] not in (1, 2, 4):
         raise ValueError(f"stem_stride must be 1, 2 or 4, got {options['stem_stride']!r}")
@@ -232,7 +233,8 @@ class UNet(nn.Module):
     - ``residual``: a shortcut around every conv block.
     - ``skip``: how a decoder level takes its encoder skip: ``"concat"`` (study), ``"add"``, or
       ``"sdi"``, UNet v2's semantic and detail infusion of all levels into every skip, with
-      ``sdi_channels`` channels (default: the first level's width), then concatenated.
+      ``sdi_channels`` channels (default: the first level's width), then concatenated;
+      ``sdi_init="identity"`` starts its Hadamard product near a sum (see :class:`SDI`).
     - ``context``: a light PPM or ASPP after the bottleneck.
     - ``stem_stride``: 1, 2 or 4. Above 1, strided 3x3 convs take the input to 1/stem_stride
       resolution before the first level, and the logits are resized back bilinearly, as
@@ -255,13 +257,15 @@ class UNet(nn.Module):
         residual: bool = False,
         skip: Skip = "concat",
         sdi_channels: int | None = None,
+        sdi_init: SdiInit = "product",
         context: Context = "none",
         stem_stride: int = 1,
     ):
         super().__init__()
         levels = tuple(lv if isinstance(lv, Level) else Level(*lv) for lv in levels)
         given = {"upsample": upsample, "conv": conv, "groups": groups, "residual": residual,
-                 "skip": skip, "sdi_channels": sdi_channels, "context": context,
+                 "skip": skip, "sdi_channels": sdi_channels, "sdi_init": sdi_init,
+                 "context": context,
                  "stem_stride": stem_stride}  # fmt: skip
         _check_design(levels, in_channels, num_classes, given)
         self.levels = levels
@@ -293,7 +297,8 @@ class UNet(nn.Module):
         fusion = "add" if skip == "add" else "concat"
         if skip == "sdi":
             width = sdi_channels or c0
-            self.sdi = SDI(skip_widths, width, conv, groups if width % groups == 0 else 1)
+            self.sdi = SDI(skip_widths, width, conv, groups if width % groups == 0 else 1,
+                           init=sdi_init)  # fmt: skip
             skip_widths = [width] * len(skip_widths)
         self.decoder = nn.ModuleList(
             Up(deeper.channels, lv.channels, lv.convs, upsample, skip_channels=sw, fusion=fusion,
