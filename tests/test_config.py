@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from satunet.config import RunConfig, apply_overrides, config_from_dict, dump_toml, load_config
 from satunet.errors import ConfigError, UnknownNameError
+from satunet.models.presets import load_presets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,5 +101,8 @@ def test_dump_toml_round_trips(tmp_path: Path):
 def test_shipped_configs_load():
     configs = sorted((REPO / "configs").glob("*.toml"))
     assert configs, "configs/ should hold example configs"
-    for path in configs:
-        load_config(path)
+    for path in configs:  # run configs, and presets files (a [presets.NAME] table each)
+        if "presets" in tomllib.loads(path.read_text(encoding="utf-8")):
+            assert load_presets(path), path
+        else:
+            load_config(path)
