@@ -256,6 +256,8 @@ def test_presets_file_round_trip(tmp_path, suffix: str):
     loaded = load_presets(path)
     assert loaded["a"].levels == PRESETS["unet_v2"].levels
     assert dict(loaded["a"].options) == dict(PRESETS["unet_v2"].options)
+    # The default recipe travels with the design: unet_v2's fast, the study's for skinny.
+    assert (loaded["a"].recipe, loaded["b"].recipe) == ("fast", "study")
     model = create_model(f"{path}:a", num_classes=5, in_channels=4)
     reference = create_model("unet_v2", num_classes=5, in_channels=4)
     assert count_params(model) == count_params(reference)
@@ -277,6 +279,7 @@ def test_presets_file_round_trip(tmp_path, suffix: str):
         ("[presets.x]\nlevels = [[8, 1], [16, 1]]\nskip = 'sum'\n", "skip must be one of"),
         ("levels = [[8, 1], [16, 1]]\n", "no \\[presets.NAME\\] tables"),
         ("[presets.x\n", "not valid TOML"),
+        ("[presets.x]\nlevels = [[8, 1], [16, 1]]\nrecipe = 3\n", "recipe must be"),
     ],
 )
 def test_bad_presets_file_names_file_and_problem(tmp_path, text: str, match: str):

@@ -628,6 +628,12 @@ def test_train_recipe_sets_its_values_beneath_the_config(tmp_path: Path):
     # the study's, and an explicit choice always wins.
     assert load_recipe_config(None, ['model.name="unet_fast"']).train.recipe == "fast"
     assert load_recipe_config(None, ['model.name="unet_skinny"']).train.recipe == "study"
+    # A presets file's model: the file's recipe key, else the study's.
+    presets = tmp_path / "mine.toml"
+    presets.write_text('[presets.quick]\nlevels = [[8, 1], [16, 1]]\nrecipe = "fast"\n'
+                       '[presets.plain]\nlevels = [[8, 1], [16, 1]]\n')  # fmt: skip
+    assert load_recipe_config(None, [f'model.name="{presets}:quick"']).train.recipe == "fast"
+    assert load_recipe_config(None, [f'model.name="{presets}:plain"']).train.recipe == "study"
     explicit = load_recipe_config(None, ['model.name="unet_fast"', 'train.recipe="study"'])
     assert (explicit.train.recipe, explicit.train.optimizer) == ("study", "adam")
     assert load_recipe_config(None, ['model.name="unet_fast"'], "study").train.recipe == "study"

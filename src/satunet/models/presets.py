@@ -7,6 +7,7 @@ Format (TOML; JSON with the same structure also works)::
     levels = [[16, 1], [32, 1], [64, 1], [128, 1], [256, 1]]   # [channels, convs] per level
     upsample = "bilinear"
     stem_stride = 2
+    recipe = "fast"          # optional: the recipe `satunet train` uses unless told (study)
 
 Build one with ``create_model("my_presets.toml:my_fast_unet", num_classes=5)`` (or just
 ``"my_presets.toml"`` when the file holds one preset), or ``load_presets(path)``.

@@ -59,6 +59,8 @@ class Preset:
         entry: dict[str, Any] = {"description": self.description} if self.description else {}
         entry["levels"] = [[lv.channels, lv.convs] for lv in self.levels]
         entry.update({k: v for k, v in self.options.items() if v is not None})
+        if self.recipe != "study":
+            entry["recipe"] = self.recipe
         return entry
 
     @classmethod
@@ -68,6 +70,10 @@ class Preset:
             raise ConfigError(f"{where} must be a table of levels and options, got {entry!r}")
         entry = dict(entry)
         description = entry.pop("description", "")
+        recipe = entry.pop("recipe", "study")
+        if not isinstance(recipe, str) or not recipe:
+            raise ConfigError(f"{where}: recipe must be a recipe name such as \"fast\", got "
+                              f"{recipe!r}")  # fmt: skip
         levels = _parse_levels(entry.pop("levels", None), where)
         allowed = unet_option_names()
         for key in entry:
@@ -75,7 +81,7 @@ class Preset:
                 raise ConfigError(
                     f"{where}: unknown option {key!r}; options are {', '.join(allowed)}"
                 )
-        preset = cls(levels, entry, str(description))
+        preset = cls(levels, entry, str(description), recipe)
         try:  # build it once on the meta device so a bad value fails here, naming the source
             with torch.device("meta"):
                 UNet(preset.levels, num_classes=1, **preset.options)

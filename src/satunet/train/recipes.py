@@ -20,6 +20,7 @@ import torch
 from satunet.config import RunConfig, TrainConfig, load_config
 from satunet.errors import ConfigError, UnknownNameError
 from satunet.files import PathLike
+from satunet.models.presets import preset_from_file, split_reference
 from satunet.models.unet import PRESETS
 
 # The study's recipe (seed spec, Table 1): Adam 1e-3 with weight decay 1e-3, ReduceLROnPlateau
@@ -111,8 +112,12 @@ def apply_recipe(
 
 def default_recipe(model: str) -> str:
     """The recipe a model trains with unless told: its preset's (``fast`` for satunet's own
-    presets, found faster by ``satunet race``), else the study's."""
+    presets, found faster by ``satunet race``; a presets file's ``recipe`` key), else the
+    study's."""
     preset = PRESETS.get(model)
+    reference = split_reference(model)
+    if preset is None and reference is not None and reference[0].is_file():
+        preset = preset_from_file(*reference)
     return preset.recipe if preset is not None else "study"
 
 
