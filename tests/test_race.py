@@ -137,9 +137,12 @@ def test_race_on_the_real_loveda_tiles(shared_loveda: Path, tmp_path: Path):
 
 
 def test_a_recipe_per_entry_and_resume_after_an_interruption(
-    presets: Path, loveda_root: Path, tmp_path: Path
+    presets: Path, loveda_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     out = tmp_path / "race"
+    copy = tmp_path / presets.name  # this test edits it
+    copy.write_text(presets.read_text())
+    presets = copy
     kwargs = dict(data="loveda", root=loveda_root, scene="rural", budget_min=1 / 120, seeds=[0],
                   mixed=False, crop=16, batch_size=4, val_every=0.5, device="cpu",
                   data_options={"tile_size": 32}, out=out, progress=False)  # fmt: skip
@@ -156,13 +159,29 @@ def test_a_recipe_per_entry_and_resume_after_an_interruption(
     # (keeping the old folder) and reuses the finished fast run untouched.
     (study_dir / "race-run.json").unlink()
     fast_best = (out / "runs" / "tiny-seed0" / "best.pt").stat().st_mtime_ns
-    again = race(entries, **kwargs, resume=True)
+    # A run recorded before a setting existed (here as if train.log were new) ran at its
+    # default: reused.
+    record_path = out / "runs" / "tiny-seed0" / "race-run.json"
+    record = json.loads(record_path.read_text())
+    del record["config"]["train"]["log"]
+    # One this satunet does not have (recorded by another version): named in a warning, reused.
+    record["config"]["train"]["from_another_version"] = 1
+    record_path.write_text(json.dumps(record))
+    with caplog.at_level("WARNING", logger="satunet.race.run"):
+        again = race(entries, **kwargs, resume=True)
+    assert "from_another_version=1" in caplog.text
     assert again["settings"]["reused_runs"] == ["tiny-seed0"]
     assert (out / "runs" / "tiny-seed0" / "best.pt").stat().st_mtime_ns == fast_best
     assert (out / "runs" / "tiny@study-seed0.interrupted-1" / "config.toml").is_file()
     assert (study_dir / "race-run.json").is_file()
     fast = f"{presets}:tiny"
     assert again["models"][fast]["final_miou_mean"] == first["models"][fast]["final_miou_mean"]
+    # The same name meaning another design since (an edited presets file): refused too.
+    edited = presets.read_text().replace("[[4, 1], [8, 1]]", "[[4, 1], [16, 1]]")
+    assert edited != presets.read_text()
+    presets.write_text(edited)
+    with pytest.raises(ConfigError, match="the design of"):
+        race(entries, **kwargs, resume=True)
     # Resuming with another budget would mix two races: refused, naming the setting.
     with pytest.raises(ConfigError, match="budget_min"):
         race(entries, **{**kwargs, "budget_min": 1 / 60}, resume=True)

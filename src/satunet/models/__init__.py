@@ -42,6 +42,7 @@ __all__ = [
     "describe_model",
     "list_models",
     "load_presets",
+    "model_design",
     "model_options",
     "save_presets",
     "smp_architectures",
@@ -106,6 +107,18 @@ def model_options(name: str) -> list[str]:
         MODELS[name].func if isinstance(MODELS[name], partial) else MODELS[name]
     ).parameters
     return [p for p in params if p not in {"self", "in_channels", "num_classes", "levels"}]
+
+
+def model_design(name: str) -> dict | None:
+    """A UNet design's levels and options as data (registry preset or presets file), to tell
+    whether a name still means the same model; None for other models or a missing file."""
+    if name in PRESETS:
+        preset = PRESETS[name]
+    elif (reference := split_reference(name)) is not None and reference[0].is_file():
+        preset = preset_from_file(*reference)
+    else:
+        return None
+    return {k: v for k, v in preset.to_dict().items() if k not in {"description", "recipe"}}
 
 
 def create_model(name: str, *, in_channels: int = 3, num_classes: int, **options) -> nn.Module:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from satunet.config import DataConfig, ModelConfig, RunConfig, TrainConfig, validate
 from satunet.errors import ConfigError
 from satunet.files import PathLike, atomic_write_json, atomic_write_text, jsonable
+from satunet.models import model_design
 from satunet.race.plot import plot_race
 from satunet.race.summary import race_markdown, summarize_race
 from satunet.runtime import configure_cpu_threads, resolve_device
@@ -162,8 +163,19 @@ def finished_run(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
         old, summary = saved["config"], saved["summary"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path} is not a race run record ({e}); move {run_dir} away") from e
-    old, new = _flat(old), _flat(json.loads(json.dumps(jsonable(cfg.to_dict()))))
-    differ = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    new = _flat(json.loads(json.dumps(jsonable(cfg.to_dict()))))
+    # A setting added to satunet after that run was made ran at its default there.
+    old = _flat(json.loads(json.dumps(jsonable(RunConfig().to_dict())))) | _flat(old)
+    unknown = {k: v for k, v in old.items() if k not in new}
+    if unknown:  # recorded by another satunet version; this one cannot tell what they did
+        named = ", ".join(f"{k}={v!r}" for k, v in unknown.items())
+        log.warning("race --resume: %s was recorded with settings this satunet does not have "
+                    "(%s); reusing it", run_dir, named)  # fmt: skip
+    differ = [k for k in sorted(new) if old.get(k) != new.get(k)]
+    # The same name, another design (a preset or presets file edited since): not the same model.
+    design = json.loads(json.dumps(jsonable(model_design(cfg.model.name))))
+    if saved.get("design") is not None and design is not None and saved["design"] != design:
+        differ.append(f"the design of {cfg.model.name}")
     if differ:
         raise ConfigError(
             f"--resume: {run_dir} was raced with other settings ({', '.join(differ)} differ); "
@@ -217,7 +229,8 @@ def _run_all(
 
             log.info("race: %s seed %d (%g min of training)", entry, seed, budget_s / 60)
             summary = train_from_config(cfg, run_dir, progress=False, on_progress=advance)
-            atomic_write_json(run_dir / RUN_RESULT, {"config": cfg.to_dict(), "summary": summary})
+            record = {"config": cfg.to_dict(), "design": model_design(cfg.model.name)}
+            atomic_write_json(run_dir / RUN_RESULT, record | {"summary": summary})
             advance(budget_s)  # a run that stopped early leaves its remaining budget unused
             runs.append({**summary, "model": entry, "seed": seed})
             gc.collect()
