@@ -109,6 +109,8 @@ def test_summary_times_the_reference_and_judges_the_spread():
     assert time_to_stay([[10, 0.3], [20, 0.1], [30, 0.25], [40, 0.3]], 0.2) == 30
     assert time_to_stay([[10, 0.3], [20, 0.1]], 0.2) is None
     assert fast["time_to_stay_s"] == 45 and slow["time_to_stay_s"] == 60  # seeds that hold
+    # The seed-mean curve: fast's averages 0.225 at 30 s, so it reaches 0.25 at 60 s, as slow's.
+    assert fast["time_to_reference_mean_curve_s"] == 60 and fast["mean_curve_ratio"] == 1.0
 
 
 def test_verdicts_say_when_differences_are_within_the_spread():

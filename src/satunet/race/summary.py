@@ -74,6 +74,15 @@ def time_to_stay(curve: Sequence[Sequence[Any]], target: float | None) -> float 
     return since
 
 
+def mean_curve_time(agg: Mapping[str, Any], target: float | None) -> float | None:
+    """Training seconds at which the seed-mean curve first reaches ``target`` (None: never).
+
+    Between the first crossing (flattered by one lucky point) and the crossing that holds
+    (spoilt by one unlucky one): the seeds' noise averages out before the crossing is read.
+    """
+    return time_to([[p["elapsed_s"], p["miou_mean"]] for p in agg["curve"]], target)
+
+
 def _aggregate(facts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     n_classes = max(len(f["final_iou"]) for f in facts)
     per_class = [_mean([f["final_iou"][c] for f in facts if c < len(f["final_iou"])])
@@ -126,6 +135,7 @@ def summarize_race(
     target = per_model[reference]["final_miou_mean"]
     ref_time = _mean([time_to(f["curve"], target) for f in facts if f["model"] == reference])
     ref_stay = _mean([time_to_stay(f["curve"], target) for f in facts if f["model"] == reference])
+    ref_mean_curve = mean_curve_time(per_model[reference], target)
     for m, agg in per_model.items():
         times = [time_to(f["curve"], target) for f in facts if f["model"] == m]
         agg["time_to_reference_s"] = _mean(times)
@@ -135,6 +145,11 @@ def summarize_race(
         stay = _mean([time_to_stay(f["curve"], target) for f in facts if f["model"] == m])
         agg["time_to_stay_s"] = stay
         agg["stay_ratio"] = stay / ref_stay if stay is not None and ref_stay else None
+        mean_t = mean_curve_time(agg, target)
+        agg["time_to_reference_mean_curve_s"] = mean_t
+        agg["mean_curve_ratio"] = (
+            mean_t / ref_mean_curve if mean_t is not None and ref_mean_curve else None
+        )
     for m, row in time_matrix(facts, per_model).items():
         per_model[m]["time_to"] = row
     classes = next((r["best"]["classes"] for r in runs if r.get("best")), None)
@@ -249,11 +264,12 @@ def race_markdown(result: Mapping[str, Any]) -> str:
     ref = short(result["reference"])
     head = ["model", "final mIoU (mean ± std)", "best", "steps", "images seen", "train img/s",
             f"min to {ref}'s {fmt(result['reference_miou'])}", "x ref time", "reached",
-            "above it from min", "x ref"]  # fmt: skip
+            "above it from min", "x ref", "seed-mean curve at it, min", "x ref"]  # fmt: skip
     rows = [[short(m), _pm(a["final_miou_mean"], a["final_miou_std"]), fmt(a["best_miou"]),
              fmt(a["steps"], 0), fmt(a["images_seen"], 0), fmt(a["train_img_s"], 2),
              _minutes(a["time_to_reference_s"]), fmt(a["time_ratio"], 2), a["reached_reference"],
-             _minutes(a.get("time_to_stay_s")), fmt(a.get("stay_ratio"), 2)]
+             _minutes(a.get("time_to_stay_s")), fmt(a.get("stay_ratio"), 2),
+             _minutes(a.get("time_to_reference_mean_curve_s")), fmt(a.get("mean_curve_ratio"), 2)]
             for m, a in models.items()]  # fmt: skip
     classes = result.get("classes") or [
         f"class {i}" for i in range(len(next(iter(models.values()))["per_class_iou"]))
@@ -276,7 +292,8 @@ def race_markdown(result: Mapping[str, Any]) -> str:
         f"{ref} (the slowest trainer unless chosen); time to it is training minutes to the "
         'first validation point at or above its mean final mIoU; "above it from" is the '
         "point from which every later one stays at or above it (validation on a few images is "
-        "noisy, so a single point can cross early).",
+        "noisy, so a single point can cross early); the seed-mean curve's crossing averages "
+        "the seeds' curves point by point first.",
         "",
         markdown_table(["model", *classes], class_rows),
         "",
