@@ -230,12 +230,15 @@ def test_new_presets_are_data_and_within_budget():
     from satunet.models import DESCRIPTIONS, PRESETS
     from satunet.profile import count_gmacs
 
-    assert {"unet_fast", "unet_v2"} <= set(list_models()) <= set(DESCRIPTIONS)
+    assert {"unet_fast", "unet_fast_stride4", "unet_v2"} <= set(list_models()) <= set(DESCRIPTIONS)
     with torch.device("meta"):
         fast = create_model("unet_fast", num_classes=5)
         v2 = create_model("unet_v2", num_classes=5)
         skinny = create_model("unet_skinny", num_classes=5)
     assert count_gmacs(fast, 512) <= 12.0  # issue 7's budget
+    with torch.device("meta"):
+        stride4 = create_model("unet_fast_stride4", num_classes=5)
+    assert stride4.size_multiple == 64 and count_gmacs(stride4, 512) < count_gmacs(fast, 512) / 3
     assert count_gmacs(v2, 512) <= count_gmacs(skinny, 512)  # "about skinny's cost or less"
     assert v2.sdi is not None and fast.spec() == PRESETS["unet_fast"]
     # a preset's options can be overridden like any other option
@@ -292,12 +295,13 @@ def test_bad_presets_file_names_file_and_problem(tmp_path, text: str, match: str
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["unet_fast", "unet_v2"])
+@pytest.mark.parametrize("name", ["unet_fast", "unet_fast_stride4", "unet_v2"])
 def test_new_presets_output_shape(name: str):
     model = create_model(name, num_classes=7).eval()
+    m = model.size_multiple  # 32, 64 with the stride-4 stem
     with torch.no_grad():
-        out = model(torch.rand(1, 3, 64, 96))
-    assert out.shape == (1, 7, 64, 96)
+        out = model(torch.rand(1, 3, 2 * m, 3 * m))
+    assert out.shape == (1, 7, 2 * m, 3 * m)
 
 
 @pytest.mark.parametrize("context", ["ppm", "aspp"])

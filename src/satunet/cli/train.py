@@ -19,7 +19,8 @@ The run directory gets config.toml (resolved), metrics.jsonl (one line per epoch
 (every epoch), best.pt (best validation mIoU), curves.png, predictions.png, scores.json and
 scores.md. The recipe (--recipe) is the study's Table 1 (Adam lr 1e-3, weight decay 1e-3,
 plateau LR (patience 2, factor 0.5), early stopping 5, 50 epochs, batch 8, Jaccard loss) for the
-study's models and baselines, and `fast` for satunet's own presets (unet_fast, unet_v2).
+study's models and baselines, and `fast` for satunet's own presets (unet_fast,
+unet_fast_stride4, unet_v2).
 """
 
 # Plain flags: sugar for --set overrides, applied before the explicit --set ones.
@@ -106,7 +107,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", choices=("study", "fast"),
                    help="study: the study's Table 1; fast: AdamW + warm-up + cosine, Jaccard "
                    "+ CE, bf16 + channels_last where the CPU has bf16, tiles cached (see "
-                   "`satunet race`). Default: fast for satunet's presets (unet_fast, unet_v2), "
+                   "`satunet race`). Default: fast for satunet's presets (unet_fast, "
+                   "unet_fast_stride4, unet_v2) and presets files saying recipe = \"fast\", "
                    "study for the rest. Config keys and --set win over it")  # fmt: skip
     p.add_argument(
         "--log",
