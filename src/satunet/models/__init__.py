@@ -40,6 +40,7 @@ __all__ = [
     "check_model_name",
     "create_model",
     "describe_model",
+    "find_preset",
     "list_models",
     "load_presets",
     "model_design",
@@ -109,14 +110,22 @@ def model_options(name: str) -> list[str]:
     return [p for p in params if p not in {"self", "in_channels", "num_classes", "levels"}]
 
 
-def model_design(name: str) -> dict | None:
-    """A UNet design's levels and options as data (registry preset or presets file), to tell
-    whether a name still means the same model; None for other models or a missing file."""
+def find_preset(name: str) -> Preset | None:
+    """The UNet design a model name means: a registry preset or a presets-file entry (None for
+    baselines, smp models and a presets file that is not there)."""
     if name in PRESETS:
-        preset = PRESETS[name]
-    elif (reference := split_reference(name)) is not None and reference[0].is_file():
-        preset = preset_from_file(*reference)
-    else:
+        return PRESETS[name]
+    reference = split_reference(name)
+    if reference is not None and reference[0].is_file():
+        return preset_from_file(*reference)
+    return None
+
+
+def model_design(name: str) -> dict | None:
+    """A UNet design's levels and options as data, to tell whether a name still means the same
+    model (see :func:`find_preset`)."""
+    preset = find_preset(name)
+    if preset is None:
         return None
     return {k: v for k, v in preset.to_dict().items() if k not in {"description", "recipe"}}
 

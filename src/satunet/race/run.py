@@ -163,9 +163,9 @@ def finished_run(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
         old, summary = saved["config"], saved["summary"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path} is not a race run record ({e}); move {run_dir} away") from e
-    new = _flat(json.loads(json.dumps(jsonable(cfg.to_dict()))))
+    new = _flat(_plain(cfg.to_dict()))
     # A setting added to satunet after that run was made ran at its default there.
-    old = _flat(json.loads(json.dumps(jsonable(RunConfig().to_dict())))) | _flat(old)
+    old = _flat(_plain(RunConfig().to_dict())) | _flat(old)
     unknown = {k: v for k, v in old.items() if k not in new}
     if unknown:  # recorded by another satunet version; this one cannot tell what they did
         named = ", ".join(f"{k}={v!r}" for k, v in unknown.items())
@@ -173,7 +173,7 @@ def finished_run(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
                     "(%s); reusing it", run_dir, named)  # fmt: skip
     differ = [k for k in sorted(new) if old.get(k) != new.get(k)]
     # The same name, another design (a preset or presets file edited since): not the same model.
-    design = json.loads(json.dumps(jsonable(model_design(cfg.model.name))))
+    design = _plain(model_design(cfg.model.name))
     if saved.get("design") is not None and design is not None and saved["design"] != design:
         differ.append(f"the design of {cfg.model.name}")
     if differ:
@@ -182,6 +182,11 @@ def finished_run(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
             "resume with the original command, or race into a new --out"
         )
     return summary
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples as lists), to compare with a record."""
+    return json.loads(json.dumps(jsonable(value)))
 
 
 def _flat(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,8 +20,7 @@ import torch
 from satunet.config import RunConfig, TrainConfig, load_config
 from satunet.errors import ConfigError, UnknownNameError
 from satunet.files import PathLike
-from satunet.models.presets import preset_from_file, split_reference
-from satunet.models.unet import PRESETS
+from satunet.models import find_preset
 
 # The study's recipe (seed spec, Table 1): Adam 1e-3 with weight decay 1e-3, ReduceLROnPlateau
 # (patience 2, factor 0.5) on the validation loss, the Jaccard loss, early stopping after 5
@@ -114,10 +113,7 @@ def default_recipe(model: str) -> str:
     """The recipe a model trains with unless told: its preset's (``fast`` for satunet's own
     presets, found faster by ``satunet race``; a presets file's ``recipe`` key), else the
     study's."""
-    preset = PRESETS.get(model)
-    reference = split_reference(model)
-    if preset is None and reference is not None and reference[0].is_file():
-        preset = preset_from_file(*reference)
+    preset = find_preset(model)
     return preset.recipe if preset is not None else "study"
 
 
