@@ -42,6 +42,7 @@ from satunet.train import (
     split_by_group,
     train_epoch,
 )
+from satunet.train.recipes import make_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -322,6 +323,37 @@ def test_divergence_stops_naming_epoch_step_and_cause_and_saves_nothing(
     assert f"{phrase}" in message and f"at epoch 1, step {step}/2" in message, message
     assert "learning rate" in message and "no checkpoint yet" in message
     assert not (tmp_path / "best.pt").exists() and not (tmp_path / "last.pt").exists()
+
+
+def test_weights_whose_norm_overflows_are_not_taken_for_divergence():
+    """The fused check reads the total norm: weights near 1e20 overflow it; NaN still stops."""
+    from satunet.train.loop import optimizer_step
+
+    model = UNet((Level(4, 1), Level(8, 1)), in_channels=3, num_classes=3)
+    cfg = TrainConfig(batch_size=1, device="cpu", lr=0.0, weight_decay=0.0, grad_clip=None)
+    optimizer = make_optimizer(model.parameters(), cfg)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    where = (1, 1, 1, Path("run"))
+    first = next(model.parameters())
+    with torch.no_grad():
+        first.fill_(1e20)  # finite, but its squares overflow float32
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    assert not math.isfinite(torch.nn.utils.get_total_norm(list(model.parameters())))
+    optimizer_step(model, optimizer, scaler, cfg, torch.device("cpu"), where)  # no error
+    with torch.no_grad():
+        first[0] = math.nan
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    with pytest.raises(TrainingError, match="weights became NaN/inf after the optimizer step"):
+        optimizer_step(model, optimizer, scaler, cfg, torch.device("cpu"), where)
+
+
+def test_optimizers_are_fused_on_cpu():
+    model = UNet((Level(4, 1), Level(8, 1)), in_channels=3, num_classes=3)
+    for name in ("adam", "adamw"):
+        cfg = TrainConfig(optimizer=name, device="cpu")
+        assert make_optimizer(model.parameters(), cfg).defaults["fused"] is True
 
 
 def test_non_finite_weights_are_never_checkpointed(tmp_path: Path):

@@ -35,10 +35,10 @@ from satunet.files import PathLike, append_json_line, jsonable
 from satunet.metrics import Scores
 from satunet.runtime import autocast_context, rank, synchronize
 from satunet.tracking import NullTracker, Tracker
+from satunet.train.finite import check_forward
 from satunet.train.loop import (
     Run,
     batches,
-    check_forward,
     epoch_scalars,
     optimizer_step,
     start_run,

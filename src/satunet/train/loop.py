@@ -13,14 +13,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -35,20 +34,18 @@ from satunet.runtime import (
     all_sum,
     autocast_context,
     barrier,
-    is_distributed,
     rank,
     resolve_device,
     synchronize,
     world_size,
 )
 from satunet.tracking import NullTracker, Tracker
+from satunet.train.finite import Check, check_forward, nonfinite_error, norm_finite, raise_if_bad
 from satunet.train.recipes import check_schedule, make_optimizer, scheduled_lr, set_lr
 from satunet.train.rundir import CurvePlotter, prepare_run_dir, save_epoch
 from satunet.train.state import TrainState, restore, seed_epoch
 
 log = logging.getLogger(__name__)
-
-LR_HINT = "a learning rate too high (try --set train.lr=3e-4 or train.grad_clip=1.0)"
 
 
 @dataclass
@@ -334,39 +331,6 @@ def batches(
         yield x, batch["mask"].to(device, non_blocking=True)
 
 
-def nonfinite_error(what: str, epoch: int, step: int | None, steps: int, run_dir: Path) -> str:
-    """What became non-finite where, the likely causes, and which checkpoint is still good."""
-    where = f"step {step}/{steps}" if step is not None else "validation"
-    last = run_dir / "last.pt"
-    kept = (
-        f"the last good checkpoint is {last} (epoch {epoch - 1}); fix the cause, then "
-        f"`satunet train --resume {run_dir}`"
-        if epoch > 1
-        else "no epoch completed, so there is no checkpoint yet"
-    )
-    return (
-        f"{what} at epoch {epoch}, {where}. Likely causes: {LR_HINT}, fp16 overflow (use "
-        "--precision bf16 or fp32), or NaN/inf values in the input images. Training stopped; "
-        f"{kept}."
-    )
-
-
-def _all_finite(tensors: Iterable[torch.Tensor | None], device: torch.device) -> torch.Tensor:
-    """A 0-dim bool tensor: every given tensor is free of NaN and inf (no host sync)."""
-    flags = [torch.isfinite(t.detach()).all() for t in tensors if t is not None]
-    return torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool, device=device)
-
-
-def _raise_if_bad(checks: list[tuple[torch.Tensor, str]], device: torch.device, where: Any) -> None:
-    """One host sync for all ``(ok flag, what went wrong)`` checks, agreed over every rank."""
-    bad = torch.stack([~ok for ok, _ in checks]).to(device=device, dtype=torch.float32)
-    if is_distributed():  # every rank must stop together, or the others hang
-        dist.all_reduce(bad)
-    for flag, (_, what) in zip(bad.tolist(), checks, strict=True):
-        if flag:
-            raise TrainingError(nonfinite_error(what, *where))
-
-
 def optimizer_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -381,18 +345,20 @@ def optimizer_step(
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     # Under fp16 an inf gradient is the GradScaler's business: it skips that step.
-    grads_ok = _all_finite([] if scaler.is_enabled() else [p.grad for p in params], device)
+    grads = [] if scaler.is_enabled() else [p.grad for p in params]
+    grads_ok = norm_finite(grads, device)  # after clipping: a NaN clip makes them NaN too
     scaler.step(optimizer)
     scaler.update()
     lr = optimizer.param_groups[0]["lr"]
-    checks = [
-        (grads_ok, f"gradients became NaN/inf (lr {lr:g}, grad_clip {cfg.grad_clip})"),
+    checks: list[Check] = [
+        (grads_ok, f"gradients became NaN/inf (lr {lr:g}, grad_clip {cfg.grad_clip})", grads),
         (
-            _all_finite(params, device),
+            norm_finite(params, device),
             f"weights became NaN/inf after the optimizer step (lr {lr:g})",
+            list(params),
         ),
     ]
-    _raise_if_bad(checks, device, where)
+    raise_if_bad(checks, device, where)
     optimizer.zero_grad(set_to_none=True)
 
 
@@ -456,18 +422,3 @@ def train_epoch(
             )
     total, count = all_sum([loss_sum, seen], device)
     return total / max(count, 1)
-
-
-def check_forward(
-    x: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor, device: torch.device, where: tuple
-) -> None:
-    """Stop on NaN/inf input pixels, logits or loss, naming which came first."""
-    checks = [
-        (
-            _all_finite([x], device),
-            "the input images hold NaN/inf pixels (run `satunet data check`)",
-        ),
-        (_all_finite([logits], device), "the model's outputs (logits) became NaN/inf"),
-        (torch.isfinite(loss).all(), "the loss became NaN/inf"),
-    ]
-    _raise_if_bad(checks, device, where)
