@@ -355,7 +355,7 @@ def optimizer_step(
         (
             norm_finite(params, device),
             f"weights became NaN/inf after the optimizer step (lr {lr:g})",
-            list(params),
+            params,
         ),
     ]
     raise_if_bad(checks, device, where)
