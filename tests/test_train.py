@@ -609,6 +609,33 @@ def test_fit_budget_with_the_study_recipe_validates_every_epoch(presets: Path, t
         assert len([r for r in state.history if r["scheduled"]]) == 2
 
 
+def test_budget_validation_leaves_the_training_random_draws_alone(
+    presets: Path, tmp_path: Path, monkeypatch
+):
+    """A validation point falls at a different step on a slower machine; it must not shift
+    the crops and flips the seed draws for the steps after it."""
+    from satunet.train import budget
+
+    states = []
+    validate = budget._validate
+
+    def watched(*args, **kwargs):
+        before = torch.get_rng_state()
+        scores = validate(*args, **kwargs)
+        states.append(torch.equal(before, torch.get_rng_state()))
+        return scores
+
+    monkeypatch.setattr(budget, "_validate", watched)
+    loader = DataLoader(Patterns(n=4, size=16), batch_size=2, shuffle=True)
+    model = UNet((Level(4, 1), Level(8, 1)), in_channels=3, num_classes=3)
+    cfg = TrainConfig(batch_size=2, budget_min=0.5 / 60, val_every=0.5, early_stopping=0,
+                      optimizer="adamw", schedule="cosine")  # fmt: skip
+    fit_budget(model, loader, loader, loss_fn=create_loss("jaccard", num_classes=3),
+               info=info(name=f"{presets}:tiny"), run_dir=tmp_path, config=cfg,
+               progress=False)  # fmt: skip
+    assert states and all(states)
+
+
 def test_budget_runs_refuse_resume(presets: Path, loveda_root: Path, tmp_path: Path):
     args = train_args(loveda_root, presets, "--out", str(tmp_path / "run"), "--set",
                       "train.budget_min=0.005")  # fmt: skip

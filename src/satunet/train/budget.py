@@ -27,10 +27,9 @@ from typing import Any
 from torch import nn
 from torch.utils.data import DataLoader
 
-from satunet.checkpoint import ModelInfo, save_checkpoint, unwrap
+from satunet.checkpoint import ModelInfo, save_checkpoint
 from satunet.config import TrainConfig
 from satunet.errors import ConfigError
-from satunet.evaluate import evaluate
 from satunet.files import PathLike, append_json_line, jsonable
 from satunet.metrics import Scores
 from satunet.runtime import autocast_context, rank, synchronize
@@ -42,6 +41,7 @@ from satunet.train.loop import (
     epoch_scalars,
     optimizer_step,
     start_run,
+    validate_run,
 )
 from satunet.train.recipes import scheduled_lr, set_lr
 from satunet.train.rundir import checkpoint_kwargs, prepare_run_dir
@@ -191,19 +191,10 @@ def _budget_epoch(
 def _validate(
     run: Run, state: TrainState, clock: Clock, val_loader: DataLoader, *, scheduled: bool
 ) -> Scores:
-    """Score the validation set with the clock paused; record it; plateau and early stopping."""
+    """Score the validation set with the clock paused (on a forked random generator: see
+    :func:`~satunet.train.loop.validate_run`); record it; plateau and early stopping."""
     started = clock.pause()
-    scores = evaluate(
-        unwrap(run.model),
-        val_loader,
-        num_classes=run.info.num_classes,
-        ignore_index=run.info.ignore_index,
-        device=run.device,
-        precision=run.cfg.precision,
-        loss_fn=run.loss_fn,
-        channels_last=run.cfg.channels_last,
-        classes=list(run.info.classes) if run.info.classes else None,
-    )
+    scores = validate_run(run, val_loader)
     synchronize(run.device)
     if not scheduled:
         _epoch_end(run, state, clock, scores)

@@ -208,17 +208,7 @@ def _epoch(
     )
     synchronize(run.device)
     train_time = time.perf_counter() - t0
-    scores = evaluate(
-        unwrap(run.model),
-        val_loader,
-        num_classes=run.info.num_classes,
-        ignore_index=run.info.ignore_index,
-        device=run.device,
-        precision=cfg.precision,
-        loss_fn=run.loss_fn,
-        channels_last=cfg.channels_last,
-        classes=list(run.info.classes) if run.info.classes else None,
-    )
+    scores = validate_run(run, val_loader)
     synchronize(run.device)
     epoch_time = time.perf_counter() - t0  # train + validation, as the study timed it
     is_best = _update_state(run, state, epoch, scores)
@@ -254,6 +244,28 @@ def _epoch(
             "early stopping after epoch %d: validation loss has not improved for %d epochs",
             epoch,
             state.bad_epochs,
+        )
+
+
+def validate_run(run: Run, val_loader: DataLoader) -> Scores:
+    """Score the validation set with the run's model, loss, precision and memory format.
+
+    Iterating a DataLoader draws its base seed from torch's global generator, which also
+    drives the training crops and flips. Validation runs on a forked generator, so a
+    validation point (which a time budget puts at a different step on a faster or slower
+    machine) leaves the seed's training draws as they were.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return evaluate(
+            unwrap(run.model),
+            val_loader,
+            num_classes=run.info.num_classes,
+            ignore_index=run.info.ignore_index,
+            device=run.device,
+            precision=run.cfg.precision,
+            loss_fn=run.loss_fn,
+            channels_last=run.cfg.channels_last,
+            classes=list(run.info.classes) if run.info.classes else None,
         )
 
 
